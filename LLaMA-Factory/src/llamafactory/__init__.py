@@ -1,0 +1,3 @@
+"""Diffusion language models adapted from autoregressive ones."""
+
+__version__ = "0.9.0"

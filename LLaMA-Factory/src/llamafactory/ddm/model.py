@@ -1,0 +1,85 @@
+"""The diffusion LM: an autoregressive transformer whose attention is made bidirectional.
+
+Nothing in transformers is patched. Bidirectional attention comes from ``config.is_causal = False``
+(persisted in config.json, honoured by eager, sdpa and flash_attention_2); annealing passes a 4D
+float additive mask, which transformers hands to the attention kernels untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .tokens import SpecialTokens
+
+
+def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
+    """A config and its text sub-config, when it has one (multimodal wrappers)."""
+    text_config = getattr(config, "text_config", None)
+    return [config] + ([text_config] if isinstance(text_config, PretrainedConfig) else [])
+
+
+def make_bidirectional(model: nn.Module) -> nn.Module:
+    """Switch a causal LM (possibly wrapped by peft) to full attention, in place."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"{type(model).__name__} has no `config`; expected a transformers model")
+    for sub_config in _configs(config):
+        sub_config.is_causal = False
+    return model
+
+
+def is_bidirectional(model: nn.Module) -> bool:
+    """Whether the model's config asks for full attention."""
+    return getattr(model.config, "is_causal", True) is False
+
+
+def align_to_tokens(logits: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Re-index logits so that row ``i`` is the prediction for token ``i``.
+
+    With ``shift`` the output at ``i`` predicts token ``i + 1`` (as in the AR model), so the prediction
+    for token ``i`` is output ``i - 1``; token 0 is never predicted and receives output 0 as filler.
+    """
+    if not shift:
+        return logits
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+class DiffusionLM(nn.Module):
+    """A bidirectional denoiser over any transformers causal LM that honours ``config.is_causal``.
+
+    ``forward(input_ids, attention_mask=None)`` returns raw logits ``[batch, length, vocab]``;
+    with ``shift`` (the released models) output ``i`` predicts token ``i + 1``.
+    ``attention_mask`` is either a 2D padding mask (1 = real token) or a 4D float additive mask
+    ``[batch or 1, 1, length, length]`` (0 = attend, dtype minimum = blocked), e.g. for annealing.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokens: SpecialTokens, shift: bool = True) -> None:
+        super().__init__()
+        self.model = make_bidirectional(model)
+        self.tokens = tokens
+        self.shift = shift
+
+    @property
+    def config(self) -> PretrainedConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def mask_id(self) -> int:
+        return self.tokens.mask_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits where row ``i`` predicts token ``i`` (the shift undone), for sampling and scoring."""
+        return align_to_tokens(self(input_ids, attention_mask), self.shift)

@@ -1,0 +1,116 @@
+"""Special tokens of diffusion LMs: the checkpoint's own tokenizer first, then the published table.
+
+The released models reuse or add tokens for mask / pad / separator (SPEC 2). A model without a known
+mask token must fail loudly: silently masking with id 0 trains and samples garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DiffusionInputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MASK_TOKEN = "[¨M¨]"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids the diffusion math needs; ``mask_id`` is required, the rest may be unknown."""
+
+    mask_id: int
+    pad_id: int | None = None
+    sep_id: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _KnownModel:
+    name: str
+    model_type: str
+    vocab_size: int
+    mask_id: int
+    pad_id: int | None
+    sep_id: int | None
+
+
+# The released checkpoints, recognised by architecture and embedding rows.
+KNOWN_MODELS: tuple[_KnownModel, ...] = (
+    _KnownModel("diffugpt-s", "gpt2", 50257, mask_id=10541, pad_id=None, sep_id=50155),
+    _KnownModel("diffugpt-m", "gpt2", 50258, mask_id=50257, pad_id=None, sep_id=None),
+    _KnownModel("diffullama", "llama", 32000, mask_id=811, pad_id=30399, sep_id=4936),
+)
+
+
+def _token_id(tokenizer: Any, attribute: str) -> int | None:
+    """Id of a tokenizer's named special token (``mask_token``...), or None when it has none."""
+    if tokenizer is None or getattr(tokenizer, attribute, None) is None:
+        return None
+    token_id = getattr(tokenizer, f"{attribute}_id", None)
+    return int(token_id) if token_id is not None else None
+
+
+def _lookup_id(tokenizer: Any, token: str) -> int | None:
+    """Id of a literal token string in the tokenizer's vocabulary, or None when absent."""
+    if tokenizer is None:
+        return None
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return None if token_id is None or (unk is not None and token_id == unk) else int(token_id)
+
+
+def known_model(model_type: str, vocab_size: int) -> _KnownModel | None:
+    """The released model with this architecture and embedding size, if any."""
+    for entry in KNOWN_MODELS:
+        if entry.model_type == model_type and entry.vocab_size == vocab_size:
+            return entry
+    return None
+
+
+def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int) -> SpecialTokens:
+    """Special token ids for a model: tokenizer files win, the SPEC 2 table fills the gaps.
+
+    Raises DiffusionInputError when no mask token is known, rather than guessing one.
+    """
+    table = known_model(model_type, vocab_size)
+    mask_id = _token_id(tokenizer, "mask_token")
+    if mask_id is None:
+        mask_id = _lookup_id(tokenizer, DEFAULT_MASK_TOKEN)
+    if mask_id is None and table is not None:
+        mask_id = table.mask_id
+    if mask_id is None:
+        raise DiffusionInputError(
+            f"no mask token is known for this {model_type} model (vocabulary {vocab_size}): its tokenizer "
+            f"defines no mask_token and it is not one of the released models "
+            f"({', '.join(m.name for m in KNOWN_MODELS)}); add a mask token to the tokenizer "
+            f"(e.g. tokenizer.add_special_tokens({{'mask_token': '{DEFAULT_MASK_TOKEN}'}}))"
+        )
+    pad_id = _token_id(tokenizer, "pad_token")
+    sep_id = _token_id(tokenizer, "sep_token")
+    if table is not None:
+        pad_id = pad_id if pad_id is not None else table.pad_id
+        sep_id = sep_id if sep_id is not None else table.sep_id
+    bos_id = _token_id(tokenizer, "bos_token")
+    eos_id = _token_id(tokenizer, "eos_token")
+    if mask_id >= vocab_size:
+        raise DiffusionInputError(
+            f"mask token id {mask_id} is outside the model's embedding table of {vocab_size} rows; "
+            "resize the embeddings after adding the token"
+        )
+    return SpecialTokens(mask_id=mask_id, pad_id=pad_id, sep_id=sep_id, bos_id=bos_id, eos_id=eos_id)
+
+
+def add_mask_token(tokenizer: Any, token: str = DEFAULT_MASK_TOKEN) -> bool:
+    """Give a tokenizer without a mask token one; returns True when the vocabulary grew.
+
+    The caller must then resize the model's embeddings to ``len(tokenizer)``.
+    """
+    if tokenizer.mask_token is not None:
+        return False
+    added = tokenizer.add_special_tokens({"mask_token": token})
+    logger.info("added mask token %r as id %d", token, tokenizer.mask_token_id)
+    return added > 0
