@@ -1,0 +1,42 @@
+"""Checks on the files a run reads and writes, done before anything is loaded or written.
+
+``get_train_args`` judges the config alone; these look at the disk (and may resolve Hub ids): the output
+folder, dataset files, the model, ``checkpoint_dir``, adapters and ``resume_from_checkpoint``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import get_dataset_attrs, has_tokenized_data
+from ..data.registry import check_sources_exist
+from ..ddm import DiffusionInputError, resolve_checkpoint_dir
+from ..hparams import DataArguments, ModelArguments, TrainingArguments
+
+
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """A non-empty ``output_dir`` is only written into when the config says so."""
+    output = Path(training_args.output_dir)
+    if training_args.overwrite_output_dir or training_args.resume_from_checkpoint or not output.is_dir():
+        return
+    entries = sorted(p.name for p in output.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise DiffusionInputError(
+            f"output_dir {output} is not empty ({shown}); set overwrite_output_dir: true to write into it, "
+            "resume_from_checkpoint to continue a run, or choose another output_dir"
+        )
+
+
+def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    check_output_dir(training_args)
+    resume = training_args.resume_from_checkpoint
+    if resume and not Path(resume).is_dir():
+        raise DiffusionInputError(f"resume_from_checkpoint {resume} is not a checkpoint directory")
+    if not has_tokenized_data(data_args.tokenized_path):
+        names = data_args.dataset_names + data_args.eval_dataset_names
+        check_sources_exist(get_dataset_attrs(names, data_args.dataset_dir))
+    resolve_checkpoint_dir(model_args.model_name_or_path, revision=model_args.model_revision)
+    for source in [model_args.checkpoint_dir, *model_args.adapters]:
+        if source:
+            resolve_checkpoint_dir(source)

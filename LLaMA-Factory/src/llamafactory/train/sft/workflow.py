@@ -1,0 +1,66 @@
+"""Stage ``sft``: autoregressive supervised fine-tuning (prompt tokens out of the loss), with generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Seq2SeqTrainer, TrainerCallback
+
+from ...data import IGNORE_INDEX
+from ...hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
+from ..components import prepare_components
+from ..predictions import Prediction, run_prediction
+from ..trainer_utils import run_stage, trainer_inputs
+
+
+def _split_record(record: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a tokenised sft record: the response is where labels are kept."""
+    ids, labels = list(record["input_ids"]), list(record["labels"])
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+    return ids[:start], ids[start:]
+
+
+def predict_autoregressive(trainer: Seq2SeqTrainer, dataset: Any, tokenizer: Any,
+                           generating_args: GeneratingArguments) -> dict[str, float]:
+    """Greedy or sampled ``generate`` from each prompt; writes generated_predictions.jsonl."""
+    model = trainer.model.to(trainer.args.device).eval()
+    pad, eos = trainer.data_collator.pad_id, tokenizer.eos_token_id
+
+    def decode(ids: list[int]) -> str:
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def predict_batch(indices: list[int]) -> list[Prediction]:
+        pairs = [_split_record(dataset[i]) for i in indices]
+        width = max(len(prompt) for prompt, _ in pairs)
+        ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, (prompt, _) in enumerate(pairs):  # left padding: generation continues every row at the end
+            ids[row, width - len(prompt):] = torch.as_tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        with torch.no_grad(), trainer.accelerator.autocast():
+            output = model.generate(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                max_new_tokens=generating_args.max_new_tokens, do_sample=not generating_args.greedy,
+                temperature=generating_args.logits_temp, top_p=generating_args.topp_temp,
+                pad_token_id=pad, eos_token_id=eos,
+            )
+        return [
+            Prediction(index=i, predict=decode(output[row, width:].tolist()), label=decode(response))
+            for row, (i, (_, response)) in enumerate(zip(indices, pairs))
+        ]
+
+    return run_prediction(trainer, dataset, predict_batch, trainer.args.per_device_eval_batch_size)
+
+
+def run_sft(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+            finetuning_args: FinetuningArguments, generating_args: GeneratingArguments,
+            callbacks: list[TrainerCallback] | None = None) -> None:
+    parts = prepare_components(model_args, data_args, training_args, finetuning_args)
+    if parts is None:
+        return
+    trainer = Seq2SeqTrainer(**trainer_inputs(parts, training_args, callbacks))
+    run_stage(trainer, training_args, finetuning_args,
+              predict=lambda: predict_autoregressive(trainer, parts.data.eval, parts.tokenizer, generating_args))
