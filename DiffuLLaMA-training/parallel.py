@@ -1,0 +1,223 @@
+"""Parallel modes of the trainer: plain data parallelism and two sequence-parallel engines.
+
+* ``data_parallel``: every rank trains on its own blocks (DDP or DeepSpeed ZeRO through accelerate).
+* ``ulysses_attn``: DeepSpeed-Ulysses (ALST) via accelerate's ``ParallelismConfig(sp_backend="deepspeed")``;
+  the sequence is cut into contiguous shards and attention heads are exchanged all-to-all.
+* ``ring_attn`` (alias ``dist_flash_attn``, the original name): PyTorch context parallelism
+  (``torch.distributed.tensor.experimental.context_parallel``), ring attention over SDPA; CUDA only.
+
+Ranks are grouped consecutively: ranks ``[k * sp, (k + 1) * sp)`` share one sequence (same data, same
+noise) and each holds one shard. Noise is drawn on the whole block before sharding, exactly as the
+data-parallel path draws it, so every mode optimises the same objective on the same samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from llamafactory.ddm import DiffusionInputError, corrupt, diffusion_loss, sample_noise_level, training_loss
+
+MODES = ("data_parallel", "ulysses_attn", "ring_attn")
+ALIASES = {"dist_flash_attn": "ring_attn"}
+
+
+def canonical_mode(name: str) -> str:
+    """The mode's canonical name (``dist_flash_attn`` -> ``ring_attn``)."""
+    mode = ALIASES.get(name, name)
+    if mode not in MODES:
+        raise DiffusionInputError(f"--parallel_mode {name!r}: expected one of {', '.join(MODES + tuple(ALIASES))}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits: ``world_size = dp_size * sp_size`` with consecutive SP groups."""
+
+    mode: str
+    rank: int
+    world_size: int
+    sp_size: int = 1
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp_size
+
+
+def check_mode(
+    mode: str,
+    *,
+    world_size: int,
+    sp_size: int,
+    block_size: int,
+    attn_implementation: str,
+    anneal_steps: int,
+    uses_deepspeed: bool,
+    cuda: bool,
+    num_heads: int,
+    num_kv_heads: int,
+) -> None:
+    """Reject a mode that cannot run as configured, before any weights are loaded."""
+    if mode == "data_parallel":
+        if sp_size != 1:
+            raise DiffusionInputError("--sp-size applies to ulysses_attn and ring_attn only; data_parallel uses 1")
+        return
+    if mode == "ring_attn" and not cuda:
+        raise DiffusionInputError(
+            "--parallel_mode ring_attn (dist_flash_attn) runs PyTorch context parallelism, whose ring kernels "
+            "(flash / memory-efficient SDPA) need CUDA; on CPU use data_parallel or ulysses_attn"
+        )
+    if sp_size < 2 or world_size % sp_size:
+        raise DiffusionInputError(
+            f"--sp-size {sp_size} must be at least 2 and divide the {world_size} processes for {mode}"
+        )
+    if block_size % sp_size or (mode == "ring_attn" and block_size % (2 * sp_size)):
+        unit = sp_size if mode == "ulysses_attn" else 2 * sp_size
+        raise DiffusionInputError(
+            f"{mode} cuts each block of --seq-length + 1 = {block_size} tokens into equal shards: it must be a "
+            f"multiple of {unit} (e.g. --seq-length {block_size // unit * unit - 1})"
+        )
+    if anneal_steps > 0:
+        raise DiffusionInputError(f"--anneal-steps needs a full attention mask, which {mode} cannot take; use data_parallel")
+    if mode == "ulysses_attn":
+        if not uses_deepspeed:
+            raise DiffusionInputError(
+                "ulysses_attn runs DeepSpeed-Ulysses through accelerate: launch with a DeepSpeed config "
+                "(e.g. accelerate_configs/single_node.yaml)"
+            )
+        if attn_implementation == "eager":
+            raise DiffusionInputError("ulysses_attn needs --attn-implementation sdpa or flash_attention_2, not eager")
+        if num_heads % sp_size or (num_kv_heads % sp_size and sp_size % num_kv_heads):
+            raise DiffusionInputError(
+                f"ulysses_attn splits attention heads: {num_heads} query / {num_kv_heads} key-value heads "
+                f"do not divide among --sp-size {sp_size}"
+            )
+    if mode == "ring_attn" and attn_implementation != "sdpa":
+        raise DiffusionInputError("ring_attn patches PyTorch SDPA: use --attn-implementation sdpa")
+
+
+def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, block_size: int, attn_implementation: str) -> dict:
+    """Extra ``Accelerator(...)`` arguments for the mode: the Ulysses parallelism config.
+
+    ``dp_replicate_size`` tells accelerate how many replicas share the global batch; without it the
+    DeepSpeed batch size it derives would count a single replica.
+    """
+    if mode != "ulysses_attn":
+        return {}
+    from accelerate.parallelism_config import ParallelismConfig
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    handler = DeepSpeedSequenceParallelConfig(
+        sp_seq_length=block_size, sp_seq_length_is_variable=False, sp_attn_implementation=attn_implementation
+    )
+    config = ParallelismConfig(dp_replicate_size=dp_size, sp_size=sp_size, sp_backend="deepspeed", sp_handler=handler)
+    return {"parallelism_config": config}
+
+
+@dataclass
+class StepLoss:
+    """One micro-batch: the sequence-level loss (for logging), unweighted CE and masked-token count."""
+
+    loss: torch.Tensor
+    unweighted_loss: torch.Tensor
+    num_masked: torch.Tensor
+
+
+Backward = Callable[[torch.Tensor], None]
+
+
+class DataParallel:
+    """Each rank: the core ``training_loss`` on its own blocks (annealed mask while ratio < 1)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def step(
+        self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
+        anneal: float, backward: Backward,
+    ) -> StepLoss:
+        result = training_loss(model, block, mask_id, anneal=anneal, generator=generator)
+        backward(result.loss)
+        return StepLoss(result.loss.detach(), result.unweighted_loss, result.num_masked)
+
+
+class SequenceParallel:
+    """Noise on the whole block, loss on this rank's shard, normalised over the SP group.
+
+    Output ``i`` predicts token ``i + 1`` (shift), so targets are aligned to outputs before sharding;
+    the last output has no target. Each rank back-propagates ``sp * (its weighted CE sum) / (masked
+    tokens of the whole group)``: the engines average gradients over all ``dp * sp`` ranks, which turns
+    that into the gradient of the full-sequence loss averaged over data-parallel replicas.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.group = _consecutive_group(layout.world_size, layout.sp_size)
+        self._mesh = None
+        if layout.mode == "ring_attn":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._mesh = init_device_mesh("cuda", (layout.dp_size, layout.sp_size), mesh_dim_names=("dp", "cp"))["cp"]
+
+    def step(
+        self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
+        anneal: float, backward: Backward,
+    ) -> StepLoss:
+        t = sample_noise_level(block.shape[0], device=block.device, generator=generator)
+        noisy, masked = corrupt(block, t, mask_id, generator=generator)
+        targets = torch.cat([block[:, 1:], torch.zeros_like(block[:, :1])], dim=1)
+        scored = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], dim=1)
+        positions = torch.arange(block.shape[1], device=block.device).expand_as(block).contiguous()
+        with self._shards([noisy, targets, scored, positions]) as (noisy, targets, scored, positions):
+            logits = model(input_ids=noisy, position_ids=positions, use_cache=False).logits
+            local = diffusion_loss(logits, targets, scored, t, shift=False)
+            total_masked = local.num_masked.detach().clone()
+            dist.all_reduce(total_masked, group=self.group)
+            share = local.num_masked.float() / total_masked.clamp(min=1).float()
+            backward(local.loss * share * self.layout.sp_size)
+        loss = (local.loss.detach() * share).reshape(1)
+        unweighted = (local.unweighted_loss * share).reshape(1)
+        dist.all_reduce(loss, group=self.group)
+        dist.all_reduce(unweighted, group=self.group)
+        return StepLoss(loss[0], unweighted[0], total_masked)
+
+    @contextlib.contextmanager
+    def _shards(self, tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+        """This rank's pieces of ``[batch, length]`` tensors, for the forward and backward inside."""
+        if self._mesh is None:
+            width = tensors[0].shape[1] // self.layout.sp_size
+            start = self.layout.sp_rank * width
+            yield [tensor[:, start : start + width].contiguous() for tensor in tensors]
+            return
+        from torch.distributed.tensor.experimental import context_parallel
+
+        buffers = [tensor.clone() for tensor in tensors]
+        with context_parallel(self._mesh, buffers=buffers, buffer_seq_dims=[1] * len(buffers),
+                              no_restore_buffers=set(buffers)):
+            yield buffers
+
+
+def _consecutive_group(world_size: int, sp_size: int) -> dist.ProcessGroup:
+    """This rank's SP group; every rank must create every group, in the same order."""
+    mine = None
+    for start in range(0, world_size, sp_size):
+        group = dist.new_group(list(range(start, start + sp_size)))
+        if start <= dist.get_rank() < start + sp_size:
+            mine = group
+    return mine
+
+
+def make_strategy(layout: Layout) -> DataParallel | SequenceParallel:
+    return DataParallel(layout) if layout.mode == "data_parallel" else SequenceParallel(layout)
