@@ -1,0 +1,101 @@
+"""Autoregressive baselines as an evaluation engine, scored the way the paper scored them.
+
+Multiple choice: the negated sum of the continuation's token log-probabilities under a causal forward
+(lower is better, like the diffusion score). Generation: greedy decoding after the prefix; an infilling
+hole is generated from the prefix alone, since a left-to-right model cannot see the suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig, PreTrainedModel
+
+from .engine import Decoding, FillRequest, window
+from .text import fit_infill, fit_pair, leading_special_ids
+
+
+class AutoregressiveEngine:
+    kind = "autoregressive"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, *, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.decoding = Decoding(greedy=True, strategy="topk")
+        self.max_length = window(model.config)
+        eos = tokenizer.eos_token_id
+        self.eos_ids = frozenset({int(eos)} if eos is not None else set())
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        self._pad_id = int(pad) if pad is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
+              desc: str) -> list[float]:
+        """``-log p(continuation | context)``; ``steps`` and ``seed`` do not apply to an AR model."""
+        fitted = [fit_pair(context, continuation, self.max_length) for context, continuation in pairs]
+        scores = [0.0] * len(fitted)
+        order = sorted(range(len(fitted)), key=lambda i: len(fitted[i][0]) + len(fitted[i][1]))
+        with tqdm(total=len(fitted), desc=desc, unit="pair") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                width = max(len(fitted[i][0]) + len(fitted[i][1]) for i in chunk)
+                ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+                keep = torch.zeros((len(chunk), width), dtype=torch.long)
+                for b, i in enumerate(chunk):
+                    row = fitted[i][0] + fitted[i][1]
+                    ids[b, : len(row)] = torch.tensor(row)
+                    keep[b, : len(row)] = 1
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=keep.to(self.device)).logits
+                log_probs = logits.float().log_softmax(dim=-1).cpu()
+                for b, i in enumerate(chunk):
+                    context, continuation, _ = fitted[i]
+                    positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1)
+                    picked = log_probs[b, positions, torch.tensor(continuation)]
+                    scores[i] = -float(picked.sum())
+                bar.update(len(chunk))
+        return scores
+
+    @torch.no_grad()
+    def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
+        """Greedy continuation of each prefix, ``length`` tokens or until EOS; suffixes are not seen."""
+        fitted = [fit_infill(r.prefix, r.length, [], self.max_length)[:2] for r in requests]
+        holes: list[list[int]] = [[] for _ in requests]
+        order = sorted((i for i in range(len(fitted)) if fitted[i][1] > 0), key=lambda i: len(fitted[i][0]))
+        with tqdm(total=len(order), desc=desc, unit="example") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                for i, hole in zip(chunk, self._greedy_batch([fitted[i] for i in chunk])):
+                    holes[i] = hole
+                bar.update(len(chunk))
+        return holes
+
+    def _greedy_batch(self, rows: list[tuple[list[int], int]]) -> list[list[int]]:
+        """Left-padded greedy generation of one batch; each row keeps its own length, cut at EOS."""
+        width = max(len(prefix) for prefix, _ in rows)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        keep = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (prefix, _) in enumerate(rows):
+            ids[b, width - len(prefix) :] = torch.tensor(prefix)
+            keep[b, width - len(prefix) :] = 1
+        config = GenerationConfig(max_new_tokens=max(n for _, n in rows), do_sample=False,
+                                  pad_token_id=self._pad_id, eos_token_id=sorted(self.eos_ids) or None)
+        output = self.model.generate(input_ids=ids.to(self.device), attention_mask=keep.to(self.device),
+                                     generation_config=config)
+        holes = []
+        for b, (_, length) in enumerate(rows):
+            hole = output[b, width : width + length].tolist()
+            cut = next((k for k, token in enumerate(hole) if token in self.eos_ids), len(hole))
+            holes.append(hole[:cut])
+        return holes
+
+    def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
+        """An AR fine-tuned model reads the prompt and continues with the answer (``template: empty``)."""
+        return leading_special_ids(self.tokenizer) + list(prompt)

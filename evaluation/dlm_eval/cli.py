@@ -1,0 +1,236 @@
+"""The command line shared by ``eval-diffugpt.py``, ``eval-diffullama.py`` and ``eval-llm.py``.
+
+Order of work: parse and check the flags, load every selected task's data (so a missing file fails in
+seconds), then load the model, evaluate task by task, and print the paper-layout table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamafactory.ddm import DiffusionInputError, apply_adapters, load_diffusion_lm, load_tokenizer
+from llamafactory.ddm.checkpoints import resolve_checkpoint_dir
+from llamafactory.ddm.sampling import STRATEGIES
+
+from .ar_engine import AutoregressiveEngine
+from .data import DataSource
+from .diffusion_engine import DiffusionEngine
+from .engine import Decoding, Engine
+from .runner import load_examples, run_tasks
+from .tasks import TASKS, Settings, select_tasks
+
+logger = logging.getLogger("dlm_eval")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ATTENTION = ("eager", "sdpa", "flash_attention_2")
+_TRUE, _FALSE = {"1", "true", "yes", "y", "on"}, {"0", "false", "no", "n", "off"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Defaults of one evaluation script."""
+
+    description: str
+    kind: str  # "diffusion" or "autoregressive"
+    model_name: str
+    base_model_name: str | None = None
+    logits_temp: float = 0.95
+
+
+DIFFUGPT = Family("Evaluate a DiffuGPT checkpoint on the paper's benchmarks.", "diffusion",
+                  "diffusionfamily/diffugpt-s", "gpt2", 0.95)
+DIFFULLAMA = Family("Evaluate a DiffuLLaMA checkpoint on the paper's benchmarks.", "diffusion",
+                    "diffusionfamily/diffullama", None, 0.9)
+LLM = Family("Evaluate an autoregressive baseline on the paper's benchmarks (multiple choice by "
+             "log-likelihood, generation by greedy decoding, infilling from the prefix only).", "autoregressive",
+             "gpt2")
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false/yes/no/1/0`` -> bool (argparse's ``type=bool`` would read ``"False"`` as true)."""
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it has none or its help already explains it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(family: Family) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=family.description, formatter_class=_HelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name", default=family.model_name, help="Hub id or local checkpoint directory")
+    if family.kind == "diffusion":
+        model.add_argument("--base_model_name", default=family.base_model_name,
+                           help="base AR model, used only for its config/tokenizer when the checkpoint lacks them")
+    model.add_argument("--adapter", action="append", default=[], help="PEFT LoRA adapter to merge (repeatable)")
+    model.add_argument("--flash_attn", "--attn_implementation", dest="attn_implementation", choices=_ATTENTION,
+                       default="sdpa", help="attention implementation")
+    model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    model.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto", help="auto: bfloat16 on CUDA, else float32")
+    model.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False,
+                       help="allow a checkpoint's own Python code (off unless you trust it)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--tasks", default="all", help=f"'all' (the paper's nine) or a comma list of: {', '.join(TASKS)}")
+    run.add_argument("--data_dir", default=None,
+                     help="local data in the published formats (e.g. ../shared/data); default: the Hub sets")
+    run.add_argument("--limit", type=int, default=None,
+                     help="first N examples of each task (default: all; ROCStories: the paper's first 1,000)")
+    run.add_argument("--batch_size", type=int, default=32, help="rows per forward pass; results do not depend on it")
+    run.add_argument("--seed", type=int, default=0, help="seed of noise levels and per-example samplers")
+    run.add_argument("--output_dir", default=None, help="default: output/eval/<model name>")
+    if family.kind == "diffusion":
+        sampling = parser.add_argument_group("diffusion")
+        sampling.add_argument("--diffusion_steps", type=int, default=32,
+                              help="T for multiple-choice scoring, ROCStories and HumanEval "
+                                   "(LAMBADA and TriviaQA use T = generated length)")
+        sampling.add_argument("--logits_temp", type=float, default=None,
+                              help=f"sampling temperature (default {family.logits_temp}; LAMBADA 1.0)")
+        sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default 0.9)")
+        sampling.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
+                              help="positions fixed per step (default random; GSM8K topk)")
+        sampling.add_argument("--greedy", type=parse_bool, nargs="?", const=True, default=None,
+                              help="argmax instead of sampling (default false; GSM8K true)")
+        sampling.add_argument("--gsm8k_steps", type=int, default=64, help="T for GSM8K")
+    tasks = parser.add_argument_group("task options")
+    tasks.add_argument("--triviaqa_extra_tokens", type=int, default=10,
+                       help="TriviaQA generates the gold answer's length plus this many tokens")
+    tasks.add_argument("--gsm8k_max_length", type=int, default=256,
+                       help="GSM8K prompt + answer length (the fine-tuning cutoff_len)")
+    tasks.add_argument("--code_timeout", type=float, default=10.0, help="seconds per HumanEval program")
+    tasks.add_argument("--code_workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                       help="HumanEval programs run in parallel")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    positive = {"--batch_size": args.batch_size, "--code_workers": args.code_workers,
+                "--diffusion_steps": getattr(args, "diffusion_steps", 1),
+                "--gsm8k_steps": getattr(args, "gsm8k_steps", 1)}
+    if args.limit is not None:
+        positive["--limit"] = args.limit
+    for flag, value in positive.items():
+        if value < 1:
+            raise DiffusionInputError(f"{flag} must be >= 1, got {value}")
+    if args.triviaqa_extra_tokens < 0:
+        raise DiffusionInputError(f"--triviaqa_extra_tokens must be >= 0, got {args.triviaqa_extra_tokens}")
+    if args.gsm8k_max_length < 8:
+        raise DiffusionInputError(f"--gsm8k_max_length must be >= 8, got {args.gsm8k_max_length}")
+    if args.code_timeout <= 0:
+        raise DiffusionInputError(f"--code_timeout must be > 0, got {args.code_timeout}")
+    temperature, top_p = getattr(args, "logits_temp", None), getattr(args, "topp_temp", None)
+    if temperature is not None and temperature <= 0:
+        raise DiffusionInputError(f"--logits_temp must be > 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise DiffusionInputError(f"--topp_temp must be in (0, 1], got {top_p}")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        seed=args.seed, diffusion_steps=getattr(args, "diffusion_steps", 32),
+        temperature=getattr(args, "logits_temp", None), top_p=getattr(args, "topp_temp", None),
+        strategy=getattr(args, "strategy", None), greedy=getattr(args, "greedy", None),
+        triviaqa_extra_tokens=args.triviaqa_extra_tokens, gsm8k_steps=getattr(args, "gsm8k_steps", 64),
+        gsm8k_max_length=args.gsm8k_max_length, code_timeout=args.code_timeout, code_workers=args.code_workers,
+    )
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DiffusionInputError("--device cuda was requested but no CUDA device is available")
+    return torch.device(choice)
+
+
+def _dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[choice]
+
+
+def _check_attention(choice: str, device: torch.device) -> None:
+    from transformers.utils import is_flash_attn_2_available
+
+    if choice == "flash_attention_2" and (device.type != "cuda" or not is_flash_attn_2_available()):
+        raise DiffusionInputError("flash_attention_2 needs a CUDA device and the flash-attn package; use sdpa or eager")
+
+
+def load_engine(family: Family, args: argparse.Namespace) -> Engine:
+    """The model named by the flags, wrapped as the engine its family evaluates with."""
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
+    _check_attention(args.attn_implementation, device)
+    if family.kind == "diffusion":
+        model, tokenizer = load_diffusion_lm(
+            args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=dtype,
+            attn_implementation=args.attn_implementation, device=device, trust_remote_code=args.trust_remote_code,
+        )
+        decoding = Decoding(temperature=family.logits_temp)
+        return DiffusionEngine(model, tokenizer, batch_size=args.batch_size, decoding=decoding)
+    return AutoregressiveEngine(*load_causal_baseline(args, device, dtype), batch_size=args.batch_size)
+
+
+def load_causal_baseline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """An ordinary causal LM (+ adapters) and its tokenizer; a checkpoint marked bidirectional is made causal."""
+    from transformers import AutoModelForCausalLM
+
+    directory = resolve_checkpoint_dir(args.model_name)
+    tokenizer = load_tokenizer(directory, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=args.attn_implementation,
+                                                 trust_remote_code=args.trust_remote_code)
+    if getattr(model.config, "is_causal", True) is False:
+        logger.warning("%s is marked bidirectional (a diffusion checkpoint); evaluating it causally",
+                       args.model_name)
+        model.config.is_causal = True
+    if args.adapter:
+        model = apply_adapters(model, args.adapter)
+    return model.to(device).eval(), tokenizer
+
+
+def _default_output_dir(model_name: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(model_name).strip("/")).strip("_") or "model"
+    return Path("output") / "eval" / slug
+
+
+def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
+    _check(args)
+    tasks = select_tasks(args.tasks)
+    examples = load_examples(tasks, DataSource(args.data_dir), args.limit)
+    output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args.model_name)
+    engine = load_engine(family, args)
+    config = {key: value for key, value in vars(args).items()}
+    summary = run_tasks(engine, tasks, examples, settings_from(args), output_dir=output_dir,
+                        model=Path(str(args.model_name)).name or str(args.model_name), config=config)
+    print(summary["table"])
+    print(f"results: {output_dir / 'results.json'}")
+    return summary
+
+
+def main(family: Family, argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one ``error:`` line and return 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser(family).parse_args(argv)
+    try:
+        run(family, args)
+    except DiffusionInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,100 @@
+"""Diffusion LMs as an evaluation engine: the core SPEC 7 scorer and the core reverse-diffusion sampler.
+
+Scoring batches every (example, choice, noise level) row at once through ``score_continuations``.
+Filling batches requests of equal ``steps``; rows are right-padded with padding hidden from attention
+and held fixed, and each row samples from its own generator. Every batch of one group is padded to the
+group's widest row, because the random-keep strategy draws one number per column: with a fixed width
+a row's draws, hence its tokens, do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from llamafactory.ddm import DiffusionInputError, DiffusionLM, SamplingConfig, sample, score_continuations
+
+from .engine import Decoding, FillRequest, window
+from .text import fit_infill, fit_pair
+
+
+class DiffusionEngine:
+    kind = "diffusion"
+
+    def __init__(self, model: DiffusionLM, tokenizer: Any, *, batch_size: int = 32,
+                 decoding: Decoding = Decoding()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.decoding = decoding
+        self.max_length = window(model.config)
+        tokens = model.tokens
+        self.eos_ids = frozenset(i for i in (tokens.eos_id, tokens.pad_id) if i is not None)
+        self._pad_id = next((i for i in (tokens.pad_id, tokens.eos_id) if i is not None), tokens.mask_id)
+
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
+              desc: str) -> list[float]:
+        fitted = [fit_pair(context, continuation, self.max_length) for context, continuation in pairs]
+        with tqdm(total=len(fitted) * steps, desc=desc, unit="row") as bar:
+            return score_continuations(
+                self.model, [c for c, _, _ in fitted], [x for _, x, _ in fitted], steps=steps, seed=seed,
+                batch_size=self.batch_size, progress=bar.update,
+            )
+
+    def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
+        fitted = [fit_infill(r.prefix, r.length, r.suffix, self.max_length) for r in requests]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            if fitted[index][1] > 0:
+                groups[request.steps].append(index)
+        holes: list[list[int]] = [[] for _ in requests]
+        total = sum(steps * -(-len(members) // self.batch_size) for steps, members in groups.items())
+        with tqdm(total=total, desc=desc, unit="step") as bar:
+            for steps, members in sorted(groups.items()):
+                config = SamplingConfig(steps=steps, temperature=decoding.temperature, top_p=decoding.top_p,
+                                        greedy=decoding.greedy, strategy=decoding.strategy, shift=self.model.shift)
+                config.validate()
+                width = max(len(fitted[i][0]) + fitted[i][1] + len(fitted[i][2]) for i in members)
+                members = sorted(members, key=lambda i: len(fitted[i][0]) + fitted[i][1] + len(fitted[i][2]))
+                for start in range(0, len(members), self.batch_size):
+                    chunk = members[start : start + self.batch_size]
+                    rows = [fitted[i] for i in chunk]
+                    seeds = [requests[i].seed for i in chunk]
+                    for i, hole in zip(chunk, self._fill_batch(rows, seeds, width, config, bar.update)):
+                        holes[i] = hole
+        return holes
+
+    def _fill_batch(self, rows, seeds: list[int], width: int, config: SamplingConfig, progress) -> list[list[int]]:
+        """Sample one padded batch of ``(prefix, length, suffix, cut)`` rows; returns each row's hole."""
+        device = self.model.device
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        given = torch.ones((len(rows), width), dtype=torch.bool)
+        keep = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (prefix, length, suffix, _) in enumerate(rows):
+            end = len(prefix) + length + len(suffix)
+            ids[b, :end] = torch.tensor(list(prefix) + [self.model.mask_id] * length + list(suffix))
+            given[b, len(prefix) : len(prefix) + length] = False
+            keep[b, :end] = 1
+        attention = None if bool(keep.all()) else keep.to(device)
+        denoiser = functools.partial(self.model, attention_mask=attention)
+        generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+        output = sample(denoiser, ids.to(device), self.model.mask_id, config, src_mask=given.to(device),
+                        generator=generators, progress=progress)
+        tokens = output.tokens.cpu()
+        return [tokens[b, len(p) : len(p) + n].tolist() for b, (p, n, _, _) in enumerate(rows)]
+
+    def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
+        """``[BOS] + prompt + [SEP]``, the ddm-sft layout (SPEC 5)."""
+        tokens = self.model.tokens
+        start = tokens.bos_id if tokens.bos_id is not None else tokens.eos_id
+        if start is None or tokens.sep_id is None:
+            raise DiffusionInputError(
+                "the ddm-sft prompt layout needs a BOS (or EOS) and a separator token; this tokenizer defines "
+                f"bos={tokens.bos_id}, eos={tokens.eos_id}, sep={tokens.sep_id}"
+            )
+        return [start, *prompt, tokens.sep_id]

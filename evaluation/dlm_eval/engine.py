@@ -1,0 +1,69 @@
+"""What a task asks of a model: score continuations and fill holes, independent of the model kind.
+
+Two engines implement it: :class:`~dlm_eval.diffusion_engine.DiffusionEngine` (the core scorer and
+sampler) and :class:`~dlm_eval.ar_engine.AutoregressiveEngine` (AR baselines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a diffusion sampler picks tokens (SPEC 6); AR baselines always decode greedily."""
+
+    temperature: float = 0.95
+    top_p: float | None = 0.9
+    strategy: str = "random"
+    greedy: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FillRequest:
+    """Generate ``length`` tokens between ``prefix`` and ``suffix`` (empty suffix: a continuation).
+
+    ``steps`` is the number of reverse-diffusion steps T; ``seed`` seeds this request's own generator.
+    """
+
+    prefix: Sequence[int]
+    length: int
+    suffix: Sequence[int] = field(default_factory=tuple)
+    steps: int = 32
+    seed: int = 0
+
+
+class Engine(Protocol):
+    """A model as the tasks see it."""
+
+    kind: str  # "diffusion" or "autoregressive"
+    tokenizer: Any
+    max_length: int  # the model's window, in tokens
+    eos_ids: frozenset[int]  # ids that end a free-length answer
+    decoding: Decoding  # the model family's sampler defaults
+
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
+              desc: str) -> list[float]:
+        """One score per (context, continuation) pair; lower is better."""
+
+    def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
+        """The generated hole of each request (at most ``length`` tokens)."""
+
+    def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
+        """The prefix that precedes an answer in the fine-tuned (ddm-sft / sft) layout."""
+
+
+def window(config: PretrainedConfig) -> int:
+    """The model's maximum sequence length from its config."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return 2048

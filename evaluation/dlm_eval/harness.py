@@ -1,0 +1,130 @@
+"""lm-evaluation-harness model ``diffllm``: any diffusion checkpoint this project loads, behind the harness API.
+
+Importing this module registers the model. From Python::
+
+    import lm_eval
+    import dlm_eval.harness  # registers "diffllm"
+    lm_eval.simple_evaluate(model="diffllm", model_args="pretrained=diffusionfamily/diffugpt-s", tasks=["piqa"])
+
+From the shell, ``python evaluation/lm_eval_diffllm.py`` takes exactly ``lm_eval``'s arguments
+(``--model diffllm --model_args pretrained=...``); lm-eval 0.4 has no plugin discovery for models,
+so a plain ``lm_eval`` process would not know the name.
+
+* ``loglikelihood``: minus the SPEC 7 score (mean masked cross-entropy over ``diffusion_steps`` noise
+  levels), so the harness's argmax picks the same choice as the paper's argmin; ``is_greedy`` says
+  whether one greedy denoising step over the fully masked continuation reproduces it.
+* ``loglikelihood_rolling``: minus the core's deterministic ELBO estimate of the text's NLL (nats).
+* ``generate_until``: ``max_gen_toks`` masked positions after the context, filled by the core sampler
+  with ``sampling_steps`` steps, cut at the first stop sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from llamafactory.ddm import DiffusionInputError, load_diffusion_lm, sequence_nll
+
+from .diffusion_engine import DiffusionEngine
+from .engine import Decoding, FillRequest
+from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _batch_size(value: Any) -> int:
+    """The harness passes ints, or strings such as ``"auto"``; anything but a positive int means 32."""
+    text = str(value)
+    return int(text) if text.isdigit() and int(text) > 0 else 32
+
+
+@register_model("diffllm")
+class DiffLLM(LM):
+    """A diffusion LM (DiffuGPT, DiffuLLaMA or a checkpoint of this project's stages) for the harness."""
+
+    def __init__(self, pretrained: str, base_model: str | None = None, adapters: str | None = None,
+                 dtype: str = "auto", device: str | None = None, attn_implementation: str = "sdpa",
+                 batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, sampling_steps: int = 64,
+                 max_gen_toks: int = 128, logits_temp: float = 0.95, topp_temp: float = 0.9,
+                 strategy: str = "random", greedy: bool = False, trust_remote_code: bool = False,
+                 **unused: Any) -> None:
+        super().__init__()
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise DiffusionInputError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        model, tokenizer = load_diffusion_lm(
+            pretrained, base_model=base_model, adapters=[a for a in (adapters or "").split(":") if a],
+            dtype=_DTYPES.get(dtype, torch.bfloat16 if target.type == "cuda" else torch.float32),
+            attn_implementation=attn_implementation, device=target, trust_remote_code=trust_remote_code,
+        )
+        decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy)
+        self.engine = DiffusionEngine(model, tokenizer, batch_size=_batch_size(batch_size), decoding=decoding)
+        self._device = target
+        self.diffusion_steps, self.sampling_steps = int(diffusion_steps), int(sampling_steps)
+        self.seed, self.max_gen_toks = int(seed), int(max_gen_toks)
+
+    def _start(self) -> list[int]:
+        """The token a sequence starts with when its context is empty (shift needs one given token)."""
+        tokens = self.engine.model.tokens
+        start = leading_special_ids(self.engine.tokenizer)
+        start = start or [i for i in (tokens.bos_id, tokens.eos_id) if i is not None][:1]
+        if not start:
+            raise DiffusionInputError("an empty context needs a BOS or EOS token, and this tokenizer has neither")
+        return start
+
+    def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        context_ids, continuation_ids = encode_pair(self.engine.tokenizer, context, continuation)
+        return (context_ids or self._start()), continuation_ids
+
+    def _prompt(self, context: str) -> list[int]:
+        return encode_prefix(self.engine.tokenizer, context) or self._start()
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        pairs = [self._pair(*request.args) for request in requests]
+        scores = self.engine.score(pairs, steps=self.diffusion_steps, seed=self.seed, desc="loglikelihood")
+        one_step = Decoding(temperature=1.0, top_p=None, strategy="topk", greedy=True)
+        greedy = self.engine.fill([FillRequest(c, len(x), (), steps=1) for c, x in pairs], one_step,
+                                  desc="greedy check")
+        results = []
+        for request, score, (_, target), guess in zip(requests, scores, pairs, greedy):
+            result = (-score, guess == target)
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+            results.append(result)
+        return results
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        window = self.engine.max_length
+        results = []
+        for request in tqdm(requests, desc="loglikelihood_rolling"):
+            ids = self._start() + encode(self.engine.tokenizer, request.args[0])
+            # Disjoint windows, each seeing the token before it as its given first token.
+            chunks = [ids[max(start - 1, 0) : start + window - 1] for start in range(1, len(ids), window - 1)]
+            nll = sequence_nll(self.engine.model, chunks, steps=self.diffusion_steps, seed=self.seed,
+                               batch_size=self.engine.batch_size, prompt_lengths=[1] * len(chunks))
+            total = -sum(value for value, _ in nll)
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+            results.append(total)
+        return results
+
+    def generate_until(self, requests) -> list[str]:
+        fills, stops = [], []
+        for index, request in enumerate(requests):
+            context, options = request.args
+            options = dict(options or {})
+            until = options.get("until") or []
+            stops.append([until] if isinstance(until, str) else list(until))
+            length = int(options.get("max_gen_toks", self.max_gen_toks))
+            fills.append(FillRequest(self._prompt(context), length, (), steps=self.sampling_steps,
+                                     seed=example_seed(self.seed, "generate_until", index)))
+        holes = self.engine.fill(fills, self.engine.decoding, desc="generate_until")
+        results = []
+        for request, hole, until in zip(requests, holes, stops):
+            text = self.engine.tokenizer.decode(hole, skip_special_tokens=True)
+            cut = min([text.find(stop) for stop in until if stop and stop in text], default=len(text))
+            self.cache_hook.add_partial("generate_until", request.args, text[:cut])
+            results.append(text[:cut])
+        return results

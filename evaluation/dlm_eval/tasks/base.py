@@ -1,0 +1,61 @@
+"""What a task is: a loader for its published format, an evaluation over an engine, a table column."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..data import DataSource
+from ..engine import Decoding, Engine
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-wide evaluation settings (the CLI flags); ``decoding`` fields left None use task defaults."""
+
+    seed: int = 0
+    diffusion_steps: int = 32
+    temperature: float | None = None
+    top_p: float | None = None
+    strategy: str | None = None
+    greedy: bool | None = None
+    triviaqa_extra_tokens: int = 10
+    gsm8k_steps: int = 64
+    gsm8k_max_length: int = 256
+    code_timeout: float = 10.0
+    code_workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+
+    def decoding(self, base: Decoding, **task_defaults: Any) -> Decoding:
+        """``base`` (the model family's), then the task's defaults, then any flag the user set."""
+        chosen = replace(base, **task_defaults)
+        flags = {"temperature": self.temperature, "top_p": self.top_p, "strategy": self.strategy,
+                 "greedy": self.greedy}
+        return replace(chosen, **{k: v for k, v in flags.items() if v is not None})
+
+
+@dataclass
+class TaskResult:
+    """Headline metrics (fractions in [0, 1]), one record per example, and the settings actually used."""
+
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark. ``load`` returns every record of the published split, in file order."""
+
+    name: str
+    column: str  # heading in the paper's table
+    metrics: tuple[str, ...]  # the metric(s) shown in that column
+    load: Callable[[DataSource], list[Any]]
+    evaluate: Callable[[Engine, list[Any], Settings], TaskResult]
+    default_limit: int | None = None  # the paper's subset size, when it used one
+    in_paper: bool = True
+
+
+def mean(values: list[float] | list[bool]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0

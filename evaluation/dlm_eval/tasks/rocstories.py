@@ -1,0 +1,79 @@
+"""ROCStories infilling: given sentences 1-2 and 4-5 (the right ending), generate sentence 3.
+
+The paper infills the first 1,000 stories of the Story Cloze validation set, with the hole as long as
+the reference sentence, and reports ROUGE-1/2/L F-measure (``rouge_score``, no stemming, averaged over
+stories, in percent in the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rouge_score import rouge_scorer
+
+from llamafactory.ddm import DiffusionInputError
+
+from ..data import DataSource, read_csv, require_fields
+from ..engine import Engine, FillRequest
+from ..text import encode, encode_prefix, example_seed
+from .base import Settings, Task, TaskResult, mean
+
+_COLUMNS = ("InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
+            "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclass(frozen=True)
+class InfillExample:
+    id: str
+    prefix: str
+    middle: str  # the reference for the hole
+    suffix: str
+
+
+def load_rocstories(source: DataSource) -> list[InfillExample]:
+    """``cloze_test_val__spring2016.csv``; the suffix holds sentence 4 and the right ending."""
+    path = source.require("rocstories", "rocstories_cloze", "cloze_test_val__spring2016.csv")
+    examples = []
+    for n, row in enumerate(read_csv(path)):
+        require_fields("rocstories", path, n + 1, row, _COLUMNS)
+        choice = row["AnswerRightEnding"].strip()
+        if choice not in ("1", "2"):
+            raise DiffusionInputError(f"task rocstories: AnswerRightEnding {choice!r} in row {n + 1} of {path}; expected 1 or 2")
+        ending = row[f"RandomFifthSentenceQuiz{choice}"]
+        examples.append(InfillExample(
+            row.get("InputStoryid", f"rocstories/{n}"),
+            f"{row['InputSentence1']} {row['InputSentence2']}",
+            row["InputSentence3"],
+            f"{row['InputSentence4']} {ending}",
+        ))
+    return examples
+
+
+def rouge(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """Per-pair ROUGE-1/2/L F-measures."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    return [{name: score.fmeasure for name, score in scorer.score(ref, pred).items()}
+            for pred, ref in zip(predictions, references)]
+
+
+def evaluate_rocstories(engine: Engine, examples: list[InfillExample], settings: Settings) -> TaskResult:
+    tokenizer = engine.tokenizer
+    requests = []
+    for index, example in enumerate(examples):
+        middle = encode(tokenizer, " " + example.middle)
+        requests.append(FillRequest(encode_prefix(tokenizer, example.prefix), len(middle),
+                                    encode(tokenizer, " " + example.suffix), steps=settings.diffusion_steps,
+                                    seed=example_seed(settings.seed, "rocstories", index)))
+    decoding = settings.decoding(engine.decoding)
+    holes = engine.fill(requests, decoding, desc="rocstories")
+    predictions = [tokenizer.decode(hole, skip_special_tokens=True).strip() for hole in holes]
+    scores = rouge(predictions, [example.middle for example in examples])
+    records = [{"id": e.id, "reference": e.middle, "prediction": p, **s}
+               for e, p, s in zip(examples, predictions, scores)]
+    metrics = {name: mean([s[name] for s in scores]) for name in ROUGE_TYPES}
+    used = {"seed": settings.seed, "diffusion_steps": settings.diffusion_steps, **decoding.as_dict()}
+    return TaskResult(metrics, records, used if engine.kind == "diffusion" else {"decoding": "greedy, prefix only"})
+
+
+TASKS = (Task("rocstories", "ROC R1/R2/RL", ROUGE_TYPES, load_rocstories, evaluate_rocstories, default_limit=1000),)

@@ -1,0 +1,216 @@
+"""Task loaders read each benchmark's published format: project fixtures, the real files, and Hub rows."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections import Counter
+
+import pytest
+
+from dlm_eval import TASKS, DataSource
+from llamafactory.ddm import DiffusionInputError
+
+from .common import FIXTURES
+
+# Record counts stated in each ../shared/data/<folder>/SOURCE.md.
+REAL_COUNTS = {"triviaqa": 3000, "lambada": 5153, "lambada_openai": 5153, "hellaswag": 10042, "winogrande": 1267,
+               "siqa": 1954, "piqa": 1838, "gsm8k": 1319, "rocstories": 1871, "humaneval": 1033}
+
+
+def load(task: str, data_dir=FIXTURES):
+    return TASKS[task].load(DataSource(data_dir))
+
+
+def test_every_task_has_a_real_count():
+    assert set(REAL_COUNTS) == set(TASKS)
+
+
+def test_lambada_target_is_the_last_word():
+    examples = load("lambada")
+    assert [e.target for e in examples] == ["house", "ten", "sky"]
+    assert examples[2].context.endswith("i do n't see a star in the")
+
+
+def test_lambada_openai_reads_context_and_continuation():
+    examples = load("lambada_openai")
+    assert [e.target for e in examples] == ["house", "ten", "sky"]
+    assert examples[1].context.startswith('"One, two, three,"')
+
+
+def test_hellaswag_reads_six_line_tasks():
+    examples = load("hellaswag")
+    assert [e.gold for e in examples] == [1, 0, 3]
+    context, ending = examples[0].pairs[1]
+    assert context == "Walking the dog: A man walks a small dog along the river. he"
+    assert ending == " stops and lets the dog drink some water."
+    assert all(len(e.pairs) == 4 for e in examples)
+
+
+def test_winogrande_scores_the_shared_rest_after_each_option():
+    example = load("winogrande")[0]
+    assert example.gold == 0
+    assert example.pairs == (("The cat was quicker than the dog so the cat", " won the race."),
+                             ("The cat was quicker than the dog so the dog", " won the race."))
+
+
+def test_piqa_joins_labels_file():
+    examples = load("piqa")
+    assert [e.gold for e in examples] == [0, 1, 0]
+    assert examples[1].pairs[1] == ("Question: To cool a cup of tea quickly,\nAnswer:", " add a cube of ice.")
+
+
+def test_siqa_labels_are_one_based():
+    examples = load("siqa")
+    assert [e.gold for e in examples] == [0, 1, 2]
+    assert examples[0].pairs[0] == ("Question: Sam gave a fish to the hungry cat. How would you describe Sam?\nAnswer:",
+                                    " kind")
+
+
+def test_triviaqa_keeps_answer_and_aliases():
+    example = load("triviaqa")[1]
+    assert example.prompt == "Question: What is the largest ocean on Earth?\nAnswer:"
+    assert example.answer == "Pacific Ocean" and "The Pacific" in example.aliases
+
+
+def test_rocstories_puts_the_right_ending_in_the_suffix():
+    examples = load("rocstories")
+    assert examples[0].middle == "One morning, they drove him to the shelter."
+    assert examples[0].suffix == "He picked a small brown puppy. Tom was very happy."
+    assert examples[1].suffix.endswith("Mia was proud of her flower.")
+    assert examples[0].id == "a1b2c3d4-0001-4000-8000-000000000001"
+
+
+def test_gsm8k_gold_is_the_number_after_hashes():
+    assert [e.gold for e in load("gsm8k")] == ["12", "3", "1000"]
+
+
+def test_humaneval_reads_gzipped_and_plain_jsonl(tmp_path):
+    plain = FIXTURES / "humaneval_infilling" / "HumanEval-SingleLineInfilling.jsonl"
+    with plain.open("rb") as source, gzip.open(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", "wb") as target:
+        shutil.copyfileobj(source, target)
+    zipped = load("humaneval", tmp_path)
+    assert zipped == load("humaneval")
+    assert [e.entry_point for e in zipped] == ["add", "count_words", "largest"]
+    assert zipped[0].canonical == "    total = x + y\n"
+
+
+@pytest.mark.parametrize("task", sorted(REAL_COUNTS))
+def test_real_file_has_the_published_record_count(task, shared_data):
+    examples = load(task, shared_data)
+    assert len(examples) == REAL_COUNTS[task]
+    assert len({e.id for e in examples}) == len(examples)
+
+
+@pytest.mark.parametrize("task, counts", [
+    ("piqa", {0: 910, 1: 928}), ("siqa", {0: 643, 1: 654, 2: 657}), ("winogrande", {0: 628, 1: 639}),
+])
+def test_real_label_distribution_matches_source(task, counts, shared_data):
+    assert Counter(e.gold for e in load(task, shared_data)) == counts
+
+
+def test_real_lambada_first_target(shared_data):
+    assert load("lambada", shared_data)[0].target == "signs"
+    assert load("lambada_openai", shared_data)[0].target == "signs"
+
+
+def test_missing_file_names_what_was_expected(tmp_path):
+    with pytest.raises(DiffusionInputError, match=r"task piqa: none of valid.jsonl found under .*piqa/"):
+        load("piqa", tmp_path)
+
+
+def test_data_dir_must_exist(tmp_path):
+    with pytest.raises(DiffusionInputError, match="is not a directory"):
+        DataSource(tmp_path / "nope")
+
+
+def test_misaligned_labels_are_an_error(tmp_path):
+    shutil.copytree(FIXTURES / "piqa", tmp_path / "piqa")
+    (tmp_path / "piqa" / "valid-labels.lst").write_text("0\n1\n")
+    with pytest.raises(DiffusionInputError, match="2 labels for 3 records"):
+        load("piqa", tmp_path)
+
+
+def test_out_of_range_label_is_an_error(tmp_path):
+    shutil.copytree(FIXTURES / "social_iqa", tmp_path / "social_iqa")
+    (tmp_path / "social_iqa" / "dev-labels.lst").write_text("1\n2\n4\n")
+    with pytest.raises(DiffusionInputError, match=r"label '4' of record 3 .* not one of 1..3"):
+        load("siqa", tmp_path)
+
+
+def test_truncated_hellaswag_is_an_error(tmp_path):
+    lines = (FIXTURES / "hellaswag" / "hellaswag_val_full.txt").read_text().splitlines()
+    (tmp_path / "hellaswag_val_full.txt").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DiffusionInputError, match="17 lines; expected 6 per task"):
+        load("hellaswag", tmp_path)
+
+
+def test_record_missing_a_field_is_an_error(tmp_path):
+    (tmp_path / "triviaqa_sm_sub.jsonl").write_text('{"context": "Question: x\\nAnswer:", "answer": "y"}\n')
+    with pytest.raises(DiffusionInputError, match="record 1 of .* lacks field.*aliases"):
+        load("triviaqa", tmp_path)
+
+
+def test_answer_without_final_number_is_an_error(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "no number here"}\n')
+    with pytest.raises(DiffusionInputError, match="has no '#### n' line"):
+        load("gsm8k", tmp_path)
+
+
+HUB_ROWS = {
+    "Rowan/hellaswag": [{"activity_label": "Walking the dog", "ctx_a": "A man walks a small dog along the river.",
+                         "ctx_b": "he", "endings": ["eats the moon with a blue spoon.",
+                                                    "stops and lets the dog drink some water.",
+                                                    "is flying over the house.", "sleeps under the green sky."],
+                         "label": "1"}],
+    "allenai/winogrande": [{"sentence": "The cat was quicker than the dog so _ won the race.", "option1": "the cat",
+                            "option2": "the dog", "answer": "1"}],
+    "ybisk/piqa": [{"goal": "To cool a cup of tea quickly,", "sol1": "pour it into a warm pot.",
+                    "sol2": "add a cube of ice.", "label": 1}],
+    "allenai/social_i_qa": [{"context": "Sam gave a fish to the hungry cat.", "question": "How would you describe Sam?",
+                             "answerA": "kind", "answerB": "cruel", "answerC": "asleep", "label": "1"}],
+    "mandarjoshi/trivia_qa": [{"question": "Which planet is known as the Red Planet?",
+                               "answer": {"value": "Mars", "aliases": ["Mars", "Planet Mars"]}}],
+    "openai/gsm8k": [{"question": "Ann had 10 apples and gave away 7. How many apples does she have left?",
+                      "answer": "She has 10 - 7 = <<10-7=3>>3 apples left.\n#### 3"}],
+    "cimec/lambada": [{"text": "the sun is red today and the moon is blue . i do n't see a star in the sky"}],
+    "EleutherAI/lambada_openai": [{"text": "The sun is red today and the moon is blue. I don't see a star in the sky"}],
+}
+
+
+@pytest.mark.parametrize("task, same_as", [
+    ("hellaswag", 0), ("winogrande", 0), ("piqa", 1), ("siqa", 0), ("triviaqa", 0), ("gsm8k", 1), ("lambada", 2),
+    ("lambada_openai", 2),
+])
+def test_hub_rows_map_to_the_same_examples_as_local_files(task, same_as, monkeypatch):
+    requested = []
+
+    def fake_rows(self, name, hub):
+        requested.append(hub)
+        return HUB_ROWS[hub.name]
+
+    monkeypatch.setattr(DataSource, "hub_rows", fake_rows)
+    from_hub = TASKS[task].load(DataSource(None))[0]
+    local = load(task)[same_as]
+    assert requested and requested[0].split in ("validation", "test")
+    fields = {"triviaqa": ("prompt", "answer"), "gsm8k": ("question", "gold"), "lambada": ("context", "target"),
+              "lambada_openai": ("context", "target")}.get(task, ("pairs", "gold"))
+    assert [getattr(from_hub, f) for f in fields] == [getattr(local, f) for f in fields]
+
+
+def test_unreachable_hub_is_a_one_line_error(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DiffusionInputError, match=r"could not load openai/gsm8k \(main\), split test from the Hub "
+                                                  r"\(Couldn't reach the Hub\); pass --data_dir") as error:
+        load("gsm8k", None)
+    assert "\n" not in str(error.value)
+
+
+def test_tasks_without_a_hub_copy_need_data_dir():
+    with pytest.raises(DiffusionInputError, match="task rocstories: .*--data_dir \\(not given\\)"):
+        load("rocstories", None)
