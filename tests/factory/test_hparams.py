@@ -1,0 +1,148 @@
+"""get_train_args: every shipped config parses; unknown keys, bad values and contradictions fail early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llamafactory.ddm import DiffusionInputError
+from llamafactory.hparams import get_train_args
+
+from .conftest import EXAMPLES
+
+TRAIN_CONFIGS = sorted(
+    p for p in EXAMPLES.rglob("*.yaml") if p.parent.name in ("train_full", "train_lora", "inference", "tiny")
+)
+BASE = {"model_name_or_path": "gpt2", "stage": "ddm", "do_train": True, "dataset": "wiki_demo",
+        "output_dir": "unused", "finetuning_type": "full"}
+
+
+def test_every_original_example_is_shipped():
+    names = {p.relative_to(EXAMPLES).as_posix() for p in TRAIN_CONFIGS}
+    expected = {
+        "train_full/gpt2_full_ddm.yaml", "train_full/gpt2_full_ddm-small.yaml", "train_full/gpt2_full_ddm-sft.yaml",
+        "train_full/gpt2_preprocess.yaml", "train_lora/llama2_lora_ddm-sft.yaml",
+        "train_lora/llama2_lora_ar-sft-gsm.yaml", "inference/gpt2_full_ddm-inf.yaml",
+        "inference/gpt2_full_ddm-gsm-inf.yaml", "inference/gpt2_full_ddm-small-inf-512.yaml",
+        "inference/llama2_full_ddm-gsm-inf.yaml", "inference/llama2_full_ddm-inf-uncon.yaml",
+    }
+    assert expected <= names
+    for stage in ("z0", "z2", "z2_offload", "z3", "z3_offload"):
+        config = json.loads((EXAMPLES / "deepspeed" / f"ds_{stage}_config.json").read_text())
+        assert config["zero_optimization"]["stage"] == int(stage[1])
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.relative_to(EXAMPLES).as_posix())
+def test_example_config_parses(path: Path):
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args([str(path)])
+    assert model_args.model_name_or_path
+    assert finetuning_args.stage in ("pt", "sft", "ddm", "ddm-sft")
+    assert data_args.dataset_names
+
+
+def test_paper_values_of_the_adaptation_config():
+    _, data_args, training_args, finetuning_args, _ = get_train_args([str(EXAMPLES / "train_full/gpt2_full_ddm.yaml")])
+    assert (finetuning_args.stage, finetuning_args.anneal_steps, finetuning_args.shift) == ("ddm", 10000, True)
+    assert (data_args.cutoff_len, data_args.packing) == (1024, True)
+    assert (training_args.learning_rate, training_args.max_steps, training_args.warmup_steps) == (3e-4, 160000, 2000)
+    assert training_args.lr_scheduler_type == "cosine" and training_args.bf16
+    assert Path(training_args.deepspeed).name == "ds_z2_config.json"
+
+
+def test_stage_defaults():
+    ddm = get_train_args(BASE)[3]
+    sft = get_train_args({**BASE, "stage": "ddm-sft", "dataset": "gsm_demo"})
+    assert ddm.anneal_steps == 10000
+    assert sft[3].anneal_steps == 1 and sft[1].packing is False
+    assert get_train_args(BASE)[1].packing is True
+
+
+def test_accelerate_fsdp_config_loads():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(EXAMPLES / "accelerate" / "fsdp_config.yaml")
+    assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+
+
+def test_misspelt_key_in_yaml_is_named(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model_name_or_path: gpt2\nstage: ddm\ndo_train: true\ndataset: wiki_demo\nlerning_rate: 1.0e-4\n")
+    with pytest.raises(DiffusionInputError, match=r"'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+        get_train_args([str(config)])
+
+
+def test_command_line_overrides_are_typed(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_name_or_path: gpt2\nstage: ddm\ndo_train: true\ndataset: wiki_demo\nfinetuning_type: full\n")
+    _, data_args, training_args, finetuning_args, generating_args = get_train_args(
+        [str(config), "learning_rate=3e-4", "max_steps=7", "--shift", "false", "topp_temp=null", "cutoff_len=64",
+         "output_dir=out"]
+    )
+    assert training_args.learning_rate == 3e-4 and training_args.max_steps == 7
+    assert finetuning_args.shift is False and generating_args.topp_temp is None and data_args.cutoff_len == 64
+
+
+def test_removed_transformers_keys_are_mapped():
+    _, _, training_args, _, _ = get_train_args(
+        {**BASE, "evaluation_strategy": "steps", "eval_steps": 5, "val_size": 4, "no_cuda": True,
+         "per_gpu_train_batch_size": 3, "overwrite_output_dir": True}
+    )
+    assert training_args.eval_strategy == "steps" and training_args.use_cpu
+    assert training_args.per_device_train_batch_size == 3 and training_args.overwrite_output_dir
+
+
+def test_conflicting_old_and_new_key():
+    with pytest.raises(DiffusionInputError, match="evaluation_strategy"):
+        get_train_args({**BASE, "evaluation_strategy": "steps", "eval_strategy": "no"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stage": "rm"}, "unknown stage 'rm'"),
+        ({"stage": "ddm-sft"}, "dataset 'wiki_demo'.*no prompt/response"),
+        ({"stage": "sft", "dataset": "c4_demo"}, "dataset 'c4_demo'.*no prompt/response"),
+        ({"anneal_steps": 0}, "anneal_steps must be >= 1"),
+        ({"cutoff_len": 3}, "cutoff_len must be >= 4"),
+        ({"diffusion_steps": 0}, "diffusion_steps must be >= 1"),
+        ({"logits_temp": 0}, "logits_temp must be > 0"),
+        ({"topp_temp": 1.5}, "topp_temp must be in"),
+        ({"decoding_strategy": "entropy"}, "unknown decoding_strategy"),
+        ({"flash_attn": "flash_attention_2"}, "flash_attention_2"),
+        ({"flash_attn": "xformers"}, "unknown flash_attn"),
+        ({"finetuning_type": "qlora"}, "unknown finetuning_type"),
+        ({"dataset": "no_such_set"}, "unknown dataset 'no_such_set'"),
+        ({"template": "chatml"}, "unknown template 'chatml'"),
+        ({"do_train": False}, "nothing to do"),
+        ({"do_eval": True}, "needs data: set val_size or eval_dataset"),
+        ({"adapter_name_or_path": "a"}, "adapter_name_or_path needs finetuning_type: lora"),
+        ({"val_size": 2.5}, "val_size >= 1 is a record count"),
+        ({"streaming": True, "val_size": 0.1}, "streaming needs val_size as a record count"),
+        ({"stage": "pt", "do_predict": True, "val_size": 2}, "do_predict is not available for stage pt"),
+        ({"deepspeed": "missing_ds.json"}, "deepspeed config missing_ds.json does not exist"),
+        ({"learning_rate": "fast"}, "learning_rate must be"),
+        ({"model_name_or_path": None}, "model_name_or_path is required"),
+    ],
+)
+def test_contradictions_fail_before_loading(overrides, message):
+    with pytest.raises(DiffusionInputError, match=message):
+        get_train_args({**BASE, **overrides})
+
+
+def test_flash_attention_is_refused_while_annealing(monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    with pytest.raises(DiffusionInputError, match="annealed attention mask"):
+        get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 100})
+    get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 1})
+
+
+def test_dataset_registry_errors(tmp_path):
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"odd": {"file_name": "x.json", "formatting": "sharegpt"}}))
+    with pytest.raises(DiffusionInputError, match="formatting 'sharegpt' is not supported"):
+        get_train_args({**BASE, "dataset": "odd", "dataset_dir": str(tmp_path)})
+    with pytest.raises(DiffusionInputError, match="registry .* not found"):
+        get_train_args({**BASE, "dataset_dir": str(tmp_path / "nowhere")})
