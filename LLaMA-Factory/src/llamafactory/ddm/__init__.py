@@ -30,7 +30,14 @@ from .noise import (
 )
 from .sampling import STRATEGIES, SamplingConfig, SamplingOutput, random_keep, sample, topk_confidence
 from .scoring import level_masks, score_continuations, sequence_nll
-from .tokens import DEFAULT_MASK_TOKEN, KNOWN_MODELS, SpecialTokens, add_mask_token, resolve_special_tokens
+from .tokens import (
+    DEFAULT_MASK_TOKEN,
+    KNOWN_MODELS,
+    SpecialTokens,
+    add_mask_token,
+    resolve_special_tokens,
+    start_token_id,
+)
 
 __all__ = [
     "DEFAULT_MASK_TOKEN", "KNOWN_MODELS", "STRATEGIES", "DiffusionInputError", "DiffusionLM", "DiffusionLoss",
@@ -39,5 +46,5 @@ __all__ = [
     "generation_length", "is_bidirectional", "load_causal_lm", "load_diffusion_lm", "load_tokenizer",
     "load_weights_into", "make_bidirectional", "maskable_positions", "masked_cross_entropy", "level_masks",
     "random_keep", "resolve_checkpoint_dir", "resolve_special_tokens", "sample", "sample_noise_level",
-    "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "topk_confidence", "training_loss",
+    "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "start_token_id", "topk_confidence", "training_loss",
 ]

@@ -79,15 +79,31 @@ class SamplingOutput:
     history: list[torch.Tensor] = field(default_factory=list)  # per step, on CPU, when recorded
 
 
+NUCLEUS_FAST_K = 256
+
+
+def _nucleus_threshold(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Probability of the last token kept, per row, from probabilities sorted in descending order."""
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    kept = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
+    return sorted_probs.gather(-1, kept - 1)
+
+
 def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set to -inf every token outside the smallest set whose probability reaches ``top_p``."""
+    """Set to -inf every token outside the smallest set whose probability reaches ``top_p``.
+
+    The set is read off the top ``NUCLEUS_FAST_K`` tokens where they already hold ``top_p`` of the
+    mass (peaked rows, the usual case); only the other rows pay for a full sort.
+    """
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p  # mass before this token already enough
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, -math.inf)
+    probs = logits.softmax(dim=-1)
+    top, _ = probs.topk(min(NUCLEUS_FAST_K, probs.shape[-1]), dim=-1)
+    threshold = _nucleus_threshold(top, top_p)
+    flat = top.sum(dim=-1) < top_p
+    if flat.any():
+        threshold[flat] = _nucleus_threshold(probs[flat].sort(dim=-1, descending=True).values, top_p)
+    return logits.masked_fill(probs < threshold, -math.inf)
 
 
 def propose(
@@ -99,8 +115,9 @@ def propose(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate tokens and their log-probabilities for ``[N, vocab]`` logits of rows ``rows``.
 
-    The mask token is never proposed. Temperature, then nucleus filter, then a categorical draw
-    (Gumbel-max with each row's generator) or argmax when greedy.
+    The mask token is never proposed. Temperature, then nucleus filter, then argmax when greedy, else
+    one categorical draw per position by inverting the cumulative distribution with a single uniform
+    from the row's own generator (one draw per position, not one per vocabulary entry).
     """
     logits = logits.float() / config.temperature
     logits[:, mask_id] = -math.inf
@@ -110,16 +127,15 @@ def propose(
     if config.greedy:
         tokens = log_probs.argmax(dim=-1)
     else:
-        uniform = torch.empty_like(log_probs)
+        uniform = torch.empty(log_probs.shape[0], device=log_probs.device)
         for b, generator in enumerate(generators):
             picked = rows == b
             count = int(picked.sum())
             if count:
-                uniform[picked] = torch.rand(
-                    (count, log_probs.shape[-1]), device=log_probs.device, generator=generator
-                )
-        gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20, max=1.0 - 1e-7)))
-        tokens = (log_probs + gumbel).argmax(dim=-1)
+                uniform[picked] = torch.rand(count, device=log_probs.device, generator=generator)
+        cumulative = log_probs.exp().cumsum(dim=-1)
+        threshold = uniform[:, None] * cumulative[:, -1:]
+        tokens = torch.searchsorted(cumulative, threshold, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -158,6 +174,10 @@ def sample(
     given = torch.zeros_like(input_ids, dtype=torch.bool) if src_mask is None else src_mask.bool().clone()
     if config.shift:
         given[:, 0] = True
+    if (given & (input_ids == mask_id)).any():
+        raise DiffusionInputError(
+            "a given position holds the mask token (under shift token 0 is always given: start each row with BOS)"
+        )
     masked = ~given
     n_maskable = masked.sum(dim=1)
     tokens = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)

@@ -114,3 +114,11 @@ def add_mask_token(tokenizer: Any, token: str = DEFAULT_MASK_TOKEN) -> bool:
     added = tokenizer.add_special_tokens({"mask_token": token})
     logger.info("added mask token %r as id %d", token, tokenizer.mask_token_id)
     return added > 0
+
+
+def start_token_id(tokenizer: Any) -> int:
+    """The token a generated sequence starts with (BOS, else EOS as in GPT-2): under shift it is given."""
+    for token_id in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if token_id is not None:
+            return int(token_id)
+    raise DiffusionInputError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")

@@ -1,0 +1,184 @@
+"""The quick-start sampling command behind ``inf_diffugpt.py`` and ``inf_diffullama.py``.
+
+Loads a released or self-trained diffusion checkpoint and prints an unconditional and a
+prefix-conditioned sample, as the original scripts did, with booleans that really parse and errors
+reported as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from llamafactory.ddm import (
+    DiffusionInputError,
+    SamplingConfig,
+    generation_length,
+    load_diffusion_lm,
+    sample,
+    start_token_id,
+)
+from llamafactory.ddm.sampling import STRATEGIES
+
+logger = logging.getLogger("llamafactory.quickstart")
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ATTENTION = ("eager", "sdpa", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-model-family defaults of the quick-start scripts (SPEC 6)."""
+
+    description: str
+    model_name: str
+    logits_temp: float
+    base_model_name: str | None = None
+
+
+DIFFUGPT = Defaults("Sample from a DiffuGPT checkpoint.", "diffusionfamily/diffugpt-s", 0.95, "gpt2")
+DIFFULLAMA = Defaults("Sample from a DiffuLLaMA checkpoint.", "diffusionfamily/diffullama", 0.9)
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false/1/0/yes/no`` -> bool (argparse's ``type=bool`` would make ``"False"`` true)."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=defaults.description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model_name", default=defaults.model_name, help="Hub id or local checkpoint directory")
+    parser.add_argument("--base_model_name", default=defaults.base_model_name,
+                        help="base AR model, used only for its config/tokenizer when the checkpoint lacks them")
+    parser.add_argument("--adapter", action="append", default=[], help="PEFT LoRA adapter to merge (repeatable)")
+    parser.add_argument("--shift", type=parse_bool, nargs="?", const=True, default=True,
+                        help="output i predicts token i+1 (true for all released models)")
+    parser.add_argument("--diffusion_steps", type=int, default=64, help="number of reverse steps T")
+    parser.add_argument("--logits_temp", type=float, default=defaults.logits_temp, help="softmax temperature")
+    parser.add_argument("--topp_temp", type=float, default=0.9, help="nucleus (top-p) mass; 1 disables")
+    parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="random",
+                        help="which masked positions to fix at each step")
+    parser.add_argument("--greedy", type=parse_bool, nargs="?", const=True, default=False,
+                        help="argmax instead of sampling")
+    parser.add_argument("--verbose", type=parse_bool, nargs="?", const=True, default=False,
+                        help="print the sequence after every step")
+    parser.add_argument("--flash_attn", choices=_ATTENTION, default="sdpa", help="attention implementation")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
+                        help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--prompt", default="Today is a wonderful day,", help="prefix for the conditional sample")
+    parser.add_argument("--gen_len", type=int, default=None,
+                        help="sequence length (default: the checkpoint's task_specific_params max_length)")
+    parser.add_argument("--num_samples", type=int, default=1, help="samples of each kind")
+    return parser
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DiffusionInputError("--device cuda was requested but no CUDA device is available")
+    return torch.device(choice)
+
+
+def _dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[choice]
+
+
+def _check_attention(choice: str, device: torch.device) -> None:
+    if choice != "flash_attention_2":
+        return
+    from transformers.utils import is_flash_attn_2_available
+
+    if device.type != "cuda" or not is_flash_attn_2_available():
+        raise DiffusionInputError(
+            "--flash_attn flash_attention_2 needs a CUDA device and the flash-attn package; use sdpa or eager"
+        )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.diffusion_steps < 1:
+        raise DiffusionInputError(f"--diffusion_steps must be >= 1, got {args.diffusion_steps}")
+    if args.num_samples < 1:
+        raise DiffusionInputError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.gen_len is not None and args.gen_len < 2:
+        raise DiffusionInputError(f"--gen_len must be >= 2, got {args.gen_len}")
+
+
+def _generate(model, prefix: list[int], length: int, config: SamplingConfig, args) -> list[list[int]]:
+    rows = args.num_samples
+    input_ids = torch.full((rows, length), model.mask_id, dtype=torch.long)
+    input_ids[:, : len(prefix)] = torch.tensor(prefix)
+    src_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    src_mask[:, : len(prefix)] = True
+    generators = [torch.Generator(model.device).manual_seed(args.seed + i) for i in range(rows)]
+    with tqdm(total=config.steps, desc="denoising", leave=False, file=sys.stderr) as bar:
+        output = sample(model, input_ids.to(model.device), model.mask_id, config,
+                        src_mask=src_mask.to(model.device), generator=generators, progress=bar.update)
+    if args.verbose:
+        for step, tokens in enumerate(output.history):
+            print(f"[step {step}] {model_text(args.tokenizer, tokens[0].tolist())}")
+    return output.tokens.tolist()
+
+
+def model_text(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def run(args: argparse.Namespace) -> None:
+    _validate(args)
+    device = _device(args.device)
+    _check_attention(args.flash_attn, device)
+    model, tokenizer = load_diffusion_lm(
+        args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=_dtype(args.dtype, device),
+        attn_implementation=args.flash_attn, device=device, shift=args.shift,
+    )
+    args.tokenizer = tokenizer
+    length = args.gen_len or generation_length(model.config)
+    start = start_token_id(tokenizer)
+    prefix = [start] + tokenizer.encode(args.prompt, add_special_tokens=False)
+    if len(prefix) >= length:
+        raise DiffusionInputError(
+            f"the prompt is {len(prefix)} tokens (with the start token) but the generation length is {length}; "
+            "use a shorter --prompt or a larger --gen_len"
+        )
+    config = SamplingConfig(steps=args.diffusion_steps, temperature=args.logits_temp, top_p=args.topp_temp,
+                            greedy=args.greedy, strategy=args.strategy, shift=args.shift,
+                            record_history=args.verbose)
+    config.validate()
+    print("=" * 20, f"Generating {length} tokens with T={args.diffusion_steps} on {device}")
+    print("=" * 20, "Unconditional generation")
+    for tokens in _generate(model, [start], length, config, args):
+        print(model_text(tokenizer, tokens))
+    print("=" * 20, f"Prefix generation: {args.prompt!r}")
+    for tokens in _generate(model, prefix, length, config, args):
+        print(model_text(tokenizer, tokens))
+
+
+def main(defaults: Defaults, argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one ``error:`` line and return 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser(defaults).parse_args(argv)
+    try:
+        run(args)
+    except DiffusionInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

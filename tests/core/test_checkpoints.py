@@ -1,0 +1,166 @@
+"""The three released layouts load, match a plain transformers forward, and save back the same way."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llamafactory.ddm import (
+    DiffusionInputError,
+    detect_layout,
+    load_causal_lm,
+    load_diffusion_lm,
+    load_weights_into,
+    save_diffusion_checkpoint,
+)
+from tests.tiny import tiny_gpt2, write_diffugpt_m, write_diffugpt_s, write_diffullama
+
+WRITERS = {"diffugpt-s": write_diffugpt_s, "diffugpt-m": write_diffugpt_m, "diffullama": write_diffullama}
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
+    root = tmp_path_factory.mktemp("released")
+    return {name: (root / name, write(root / name)) for name, write in WRITERS.items()}
+
+
+def _all_attend(length: int) -> torch.Tensor:
+    return torch.zeros(1, 1, length, length)
+
+
+def test_layouts_are_the_released_ones(released):
+    s_keys = load_file(released["diffugpt-s"][0] / "model.safetensors").keys()
+    assert "embed_tokens.weight" in s_keys and "lm_head.weight" not in s_keys
+    assert all(k == "embed_tokens.weight" or k.startswith("denoise_model.") for k in s_keys)
+    m_dir, m_model = released["diffugpt-m"]
+    assert load_file(m_dir / "model.safetensors")["embed_tokens.weight"].shape[0] == 402
+    assert (released["diffullama"][0] / "model.safetensors.index.json").exists()
+    assert detect_layout(released["diffugpt-s"][0]) == "wrapper"
+    assert detect_layout(released["diffullama"][0]) == "hf"
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_logits_equal_plain_transformers_forward_with_all_attend_mask(released, name, attention):
+    directory, reference = released[name]
+    model, tokenizer = load_diffusion_lm(directory, attn_implementation=attention)
+    ids = torch.randint(6, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    reference.config._attn_implementation = attention
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=_all_attend(12)).logits
+        got = model(ids)
+    assert got.shape == (2, 12, reference.config.vocab_size)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_eager_equals_sdpa_and_position_zero_sees_the_last_token(released, name):
+    directory, _ = released[name]
+    eager, tokenizer = load_diffusion_lm(directory, attn_implementation="eager")
+    sdpa, _ = load_diffusion_lm(directory, attn_implementation="sdpa")
+    ids = torch.randint(6, len(tokenizer), (1, 10), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    changed[0, -1] = 6 if ids[0, -1] != 6 else 7
+    with torch.no_grad():
+        torch.testing.assert_close(eager(ids), sdpa(ids), atol=1e-5, rtol=0)
+        assert (sdpa(ids)[0, 0] - sdpa(changed)[0, 0]).abs().max() > 1e-4
+
+
+def test_special_tokens_come_from_the_checkpoint(released):
+    model, tokenizer = load_diffusion_lm(released["diffugpt-m"][0])
+    assert model.mask_id == tokenizer.mask_token_id == 400
+    model, tokenizer = load_diffusion_lm(released["diffullama"][0])
+    assert model.mask_id == tokenizer.convert_tokens_to_ids("<mask>")
+    assert model.tokens.pad_id == tokenizer.pad_token_id
+
+
+def test_wrapper_checkpoint_with_missing_or_unexpected_keys_names_them(released, tmp_path):
+    source = released["diffugpt-s"][0]
+    state = load_file(source / "model.safetensors")
+    state.pop("denoise_model.h.1.mlp.c_fc.weight")
+    state["denoise_model.h.9.extra.weight"] = torch.zeros(2)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    save_file(state, broken / "model.safetensors")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((source / name).read_bytes())
+    with pytest.raises(DiffusionInputError) as error:
+        load_diffusion_lm(broken)
+    assert "transformer.h.1.mlp.c_fc.weight" in str(error.value)
+    assert "transformer.h.9.extra.weight" in str(error.value)
+
+
+def test_sharded_checkpoint_with_missing_key_names_it(released, tmp_path):
+    source = released["diffullama"][0]
+    broken = tmp_path / "llama"
+    broken.mkdir()
+    index = json.loads((source / "model.safetensors.index.json").read_text())
+    victim = "model.layers.0.mlp.up_proj.weight"
+    for shard in sorted(set(index["weight_map"].values())):
+        state = load_file(source / shard)
+        state.pop(victim, None)
+        save_file(state, broken / shard, metadata={"format": "pt"})
+    index["weight_map"].pop(victim)
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    (broken / "config.json").write_bytes((source / "config.json").read_bytes())
+    with pytest.raises(DiffusionInputError, match=victim):
+        load_causal_lm(broken)
+
+
+def test_unknown_path_and_unreachable_hub_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DiffusionInputError, match="does not exist"):
+        load_diffusion_lm(tmp_path / "nope")
+    with pytest.raises(DiffusionInputError, match="neither a local directory nor a reachable Hub model"):
+        load_diffusion_lm("no-such-org/no-such-model")
+
+
+@pytest.mark.parametrize("name,layout", [("diffugpt-s", "wrapper"), ("diffugpt-m", "wrapper"), ("diffullama", "hf"),
+                                         ("diffugpt-s", "hf")])
+def test_save_round_trip_keeps_logits(released, tmp_path, name, layout):
+    model, tokenizer = load_diffusion_lm(released[name][0])
+    target = save_diffusion_checkpoint(model.model, tmp_path / "saved", layout=layout, tokenizer=tokenizer,
+                                       generation_length=16)
+    again, _ = load_diffusion_lm(target)
+    ids = torch.randint(6, len(tokenizer), (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), again(ids), atol=0, rtol=0)
+    assert json.loads((target / "config.json").read_text())["is_causal"] is False
+    assert again.config.task_specific_params["text-generation"]["max_length"] == 16
+    if layout == "wrapper":
+        assert "lm_head.weight" not in load_file(target / "model.safetensors")
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(released, tmp_path, monkeypatch):
+    model, tokenizer = load_diffusion_lm(released["diffugpt-s"][0])
+    target = save_diffusion_checkpoint(model.model, tmp_path / "ckpt", layout="wrapper", tokenizer=tokenizer)
+    before = (target / "model.safetensors").read_bytes()
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(*args, **kwargs):
+        raise Boom("disk full")
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", explode)
+    with pytest.raises(Boom):
+        save_diffusion_checkpoint(model.model, target, layout="wrapper", tokenizer=tokenizer)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_wrapper_layout_refuses_untied_models(released, tmp_path):
+    model, _ = load_diffusion_lm(released["diffullama"][0])
+    with pytest.raises(DiffusionInputError, match="tied"):
+        save_diffusion_checkpoint(model.model, tmp_path / "x", layout="wrapper")
+
+
+def test_load_weights_into_a_base_model_from_either_layout(released):
+    for name in ("diffugpt-s", "diffugpt-m"):
+        directory, reference = released[name]
+        base = tiny_gpt2(400, seed=99)
+        load_weights_into(base, directory)
+        assert torch.equal(base.transformer.wte.weight, reference.transformer.wte.weight)
+        assert base.lm_head.weight.data_ptr() == base.transformer.wte.weight.data_ptr()

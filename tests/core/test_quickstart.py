@@ -1,0 +1,139 @@
+"""Root faces: model.py's original API, attention_patch, and the inf_* scripts as a user runs them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+import attention_patch
+from llamafactory.quickstart import DIFFUGPT, build_parser
+from model import DiscreteDiffusionModel, generate_samples
+from tests.tiny import tiny_tokenizer, write_diffugpt_m, write_diffugpt_s, write_diffullama
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quick")
+    write_diffugpt_s(root / "s")
+    write_diffugpt_m(root / "m")
+    write_diffullama(root / "l")
+    return root
+
+
+def _args(**overrides):
+    values = dict(diffusion_steps=8, logits_temp=0.95, topp_temp=0.9, shift=True, seed=0)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def test_original_from_pretrained_and_generate_samples(checkpoints):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(checkpoints / "s")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints / "s")
+    model = DiscreteDiffusionModel.from_pretrained(str(checkpoints / "s"), model=str(checkpoints / "s"),
+                                                   config=config, tokenizer=tokenizer, device="cpu")
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode("the cat") + [0] * 8])
+    src = torch.zeros_like(ids)
+    src[:, :3] = 1
+    logits = model(ids, attention_mask=None)
+    assert logits.shape == (1, ids.shape[1], config.vocab_size)
+    out = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src}, verbose=True)
+    assert torch.equal(out[:, :3], ids[:, :3]) and not (out == model.mask_id).any()
+    again = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src})
+    assert torch.equal(out, again)
+
+
+def test_original_constructor_from_a_llama_instance(checkpoints):
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoints / "l")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints / "l")
+    llama = LlamaForCausalLM.from_pretrained(checkpoints / "l")
+    model = DiscreteDiffusionModel(model=llama, config=config, tokenizer=tokenizer, device="cpu")
+    assert model.config.is_causal is False and model.mask_id == tokenizer.mask_token_id
+    out = generate_samples(model, _args(diffusion_steps=4, logits_temp=0.9), tokenizer,
+                           {"input_ids": torch.full((2, 12), model.mask_id)})
+    assert not (out == model.mask_id).any()
+
+
+def test_attention_patch_changes_nothing_global():
+    from transformers.models.gpt2 import modeling_gpt2
+    from transformers.models.llama import modeling_llama
+
+    before = (dict(vars(modeling_gpt2)), dict(vars(modeling_llama)), dict(vars(transformers.masking_utils)))
+    attention_patch.replace_attention_mask()
+    after = (dict(vars(modeling_gpt2)), dict(vars(modeling_llama)), dict(vars(transformers.masking_utils)))
+    assert all(b.keys() == a.keys() and all(b[k] is a[k] for k in b) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False), ("true", True)])
+def test_booleans_really_parse(text, value):
+    args = build_parser(DIFFUGPT).parse_args(["--shift", text, "--verbose", text])
+    assert args.shift is value and args.verbose is value
+    assert build_parser(DIFFUGPT).parse_args(["--verbose"]).verbose is True
+    assert build_parser(DIFFUGPT).parse_args([]).shift is True
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,name", [("inf_diffugpt.py", "s"), ("inf_diffugpt.py", "m"),
+                                         ("inf_diffullama.py", "l")])
+def test_inf_scripts_sample_from_each_layout(checkpoints, script, name):
+    result = _run(script, "--model_name", str(checkpoints / name), "--diffusion_steps", "6", "--prompt", "the cat",
+                  "--num_samples", "2", "--device", "cpu", "--flash_attn", "eager")
+    assert result.returncode == 0, result.stderr
+    assert "Unconditional generation" in result.stdout and "Prefix generation" in result.stdout
+    prefix_part = result.stdout.split("Prefix generation")[1].split("\n", 1)[1]
+    assert prefix_part.startswith("the cat") and prefix_part.count("the cat") >= 2
+    assert "<mask>" not in result.stdout and "[¨M¨]" not in result.stdout
+
+
+def _broken_checkpoint(source: Path, target: Path) -> Path:
+    target.mkdir()
+    state = load_file(source / "model.safetensors")
+    state.pop("denoise_model.ln_f.weight")
+    save_file(state, target / "model.safetensors")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (target / name).write_bytes((source / name).read_bytes())
+    return target
+
+
+def _maskless_checkpoint(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (target / name).write_bytes((source / name).read_bytes())
+    tiny_tokenizer(with_mask=False).save_pretrained(target)
+    return target
+
+
+@pytest.mark.slow
+def test_bad_input_gives_one_error_line_and_nonzero_exit(checkpoints, tmp_path):
+    cases = {
+        "does not exist": ["--model_name", str(tmp_path / "missing")],
+        "reachable Hub": ["--model_name", "no-such-org/no-such-model"],
+        "missing keys: transformer.ln_f.weight": ["--model_name", str(_broken_checkpoint(checkpoints / "s",
+                                                                                           tmp_path / "b"))],
+        "no mask token": ["--model_name", str(_maskless_checkpoint(checkpoints / "s", tmp_path / "nomask"))],
+        "generation length": ["--model_name", str(checkpoints / "s"), "--prompt", "the cat " * 30],
+        "diffusion_steps must be >= 1": ["--model_name", str(checkpoints / "s"), "--diffusion_steps", "0"],
+    }
+    for expected, args in cases.items():
+        result = _run("inf_diffugpt.py", *args)
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2, (expected, result.stderr)
+        assert len(error_lines) == 1 and expected in error_lines[0], (expected, result.stderr)
+        assert "Traceback" not in result.stderr
