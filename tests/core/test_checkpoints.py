@@ -164,3 +164,28 @@ def test_load_weights_into_a_base_model_from_either_layout(released):
         load_weights_into(base, directory)
         assert torch.equal(base.transformer.wte.weight, reference.transformer.wte.weight)
         assert base.lm_head.weight.data_ptr() == base.transformer.wte.weight.data_ptr()
+
+
+def test_lora_adapter_with_trained_embedding_merges_and_keeps_head_tied(released, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    directory = released["diffugpt-s"][0]
+    base, _ = load_diffusion_lm(directory)
+    peft_model = get_peft_model(base.model, LoraConfig(r=4, target_modules="all-linear", modules_to_save=["wte"]))
+    trained = peft_model.base_model.model.transformer.wte.modules_to_save["default"].weight
+    with torch.no_grad():
+        trained.add_(0.5)
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.01)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged, _ = load_diffusion_lm(directory, adapters=[str(tmp_path / "adapter")])
+    plain, _ = load_diffusion_lm(directory)
+    head = merged.model.get_output_embeddings().weight
+    assert head is merged.model.get_input_embeddings().weight
+    torch.testing.assert_close(head, trained.detach())
+    ids = torch.randint(6, 400, (1, 8))
+    with torch.no_grad():
+        assert (merged(ids) - plain(ids)).abs().max() > 1e-3
+    with pytest.raises(DiffusionInputError, match="not a PEFT adapter"):
+        load_diffusion_lm(directory, adapters=[str(directory)])

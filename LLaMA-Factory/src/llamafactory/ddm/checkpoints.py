@@ -244,9 +244,13 @@ def apply_adapters(model: PreTrainedModel, adapters: list[str], *, merge: bool =
         directory = resolve_checkpoint_dir(adapter)
         if not (directory / "adapter_config.json").exists():
             raise DiffusionInputError(f"{directory} is not a PEFT adapter (no adapter_config.json)")
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
         model = PeftModel.from_pretrained(model, directory)
         if merge:
             model = model.merge_and_unload()
+            if tied:  # a trained embedding copy replaced the input embedding: the head follows it
+                model.config.tie_word_embeddings = True
+                model.get_output_embeddings().weight = model.get_input_embeddings().weight
     return model
 
 
