@@ -34,18 +34,19 @@ def _args(**overrides):
     return SimpleNamespace(**values)
 
 
-def test_original_from_pretrained_and_generate_samples(checkpoints):
+@pytest.mark.parametrize("name", ["s", "m", "l"])
+def test_original_from_pretrained_and_generate_samples(checkpoints, name):
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(checkpoints / "s")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoints / "s")
-    model = DiscreteDiffusionModel.from_pretrained(str(checkpoints / "s"), model=str(checkpoints / "s"),
+    config = AutoConfig.from_pretrained(checkpoints / name)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints / name)
+    model = DiscreteDiffusionModel.from_pretrained(str(checkpoints / name), model=str(checkpoints / name),
                                                    config=config, tokenizer=tokenizer, device="cpu")
     ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode("the cat") + [0] * 8])
     src = torch.zeros_like(ids)
     src[:, :3] = 1
     logits = model(ids, attention_mask=None)
-    assert logits.shape == (1, ids.shape[1], config.vocab_size)
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     out = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src}, verbose=True)
     assert torch.equal(out[:, :3], ids[:, :3]) and not (out == model.mask_id).any()
     again = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src})
