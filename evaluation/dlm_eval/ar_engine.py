@@ -68,7 +68,8 @@ class AutoregressiveEngine:
         """Greedy continuation of each prefix, ``length`` tokens or until EOS; suffixes are not seen."""
         fitted = [fit_infill(r.prefix, r.length, [], self.max_length)[:2] for r in requests]
         holes: list[list[int]] = [[] for _ in requests]
-        order = sorted((i for i in range(len(fitted)) if fitted[i][1] > 0), key=lambda i: len(fitted[i][0]))
+        order = sorted((i for i in range(len(fitted)) if fitted[i][1] > 0),
+                       key=lambda i: (fitted[i][1], len(fitted[i][0])))
         with tqdm(total=len(order), desc=desc, unit="example") as bar:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
@@ -78,14 +79,19 @@ class AutoregressiveEngine:
         return holes
 
     def _greedy_batch(self, rows: list[tuple[list[int], int]]) -> list[list[int]]:
-        """Left-padded greedy generation of one batch; each row keeps its own length, cut at EOS."""
+        """Left-padded greedy generation of one batch; each row keeps its own length, cut at EOS.
+
+        The batch generates as many tokens as its longest hole, so every prefix is fitted for that.
+        """
+        steps = max(n for _, n in rows)
+        rows = [(fit_infill(prefix, steps, [], self.max_length)[0], n) for prefix, n in rows]
         width = max(len(prefix) for prefix, _ in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         keep = torch.zeros((len(rows), width), dtype=torch.long)
         for b, (prefix, _) in enumerate(rows):
             ids[b, width - len(prefix) :] = torch.tensor(prefix)
             keep[b, width - len(prefix) :] = 1
-        config = GenerationConfig(max_new_tokens=max(n for _, n in rows), do_sample=False,
+        config = GenerationConfig(max_new_tokens=steps, do_sample=False,
                                   pad_token_id=self._pad_id, eos_token_id=sorted(self.eos_ids) or None)
         output = self.model.generate(input_ids=ids.to(self.device), attention_mask=keep.to(self.device),
                                      generation_config=config)

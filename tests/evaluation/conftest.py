@@ -17,7 +17,6 @@ def _offline_single_thread(monkeypatch):
     """No network, no wandb; one CPU thread, which tiny models run fastest on (and steadily on busy machines)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
