@@ -140,7 +140,7 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip().lower()
-    if type(None) in kinds and text in ("null", "none", "~", ""):
+    if type(None) in kinds and (text in ("null", "~") or (str not in kinds and text in ("none", ""))):
         return None
     if bool in kinds and (text in ("true", "false") or (str not in kinds and text in _TRUE + _FALSE)):
         return text in _TRUE
