@@ -82,7 +82,8 @@ def save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], k
     target = checkpoint_dir(output_dir, state["step"])
     staging = output_dir / f".{target.name}.partial"
     if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
+        for stale in output_dir.glob(".checkpoint-*.partial"):  # left by an interrupted save
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()

@@ -81,7 +81,8 @@ def check_mode(
         )
     if sp_size < 2 or world_size % sp_size:
         raise DiffusionInputError(
-            f"--sp-size {sp_size} must be at least 2 and divide the {world_size} processes for {mode}"
+            f"{mode} needs --sp-size of at least 2 dividing the {world_size} processes (got {sp_size}; "
+            "the default is all processes)"
         )
     if block_size % sp_size or (mode == "ring_attn" and block_size % (2 * sp_size)):
         unit = sp_size if mode == "ulysses_attn" else 2 * sp_size

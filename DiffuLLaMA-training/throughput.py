@@ -30,10 +30,10 @@ def flops_per_token(model: nn.Module, seq_length: int) -> float:
     """Training FLOPs (forward + backward) per token of a decoder at this sequence length."""
     config = model.config
     embedding = model.get_input_embeddings().weight
-    embedding_params = _numel(embedding)
-    matmul_params = sum(_numel(p) for p in model.parameters()) - embedding_params
-    if getattr(config, "tie_word_embeddings", False):
-        matmul_params += embedding_params  # the tied head is still a matmul
+    head = model.get_output_embeddings()
+    matmul_params = sum(_numel(p) for p in model.parameters())
+    if head is None or head.weight is not embedding:
+        matmul_params -= _numel(embedding)  # a lookup; a tied head (same tensor) is a matmul and stays
     attention = 12 * config.num_hidden_layers * config.hidden_size * seq_length
     return 6.0 * matmul_params + attention
 

@@ -303,18 +303,19 @@ def run(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
     block_size = args.seq_length + 1
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    uses_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     sp_size = args.sp_size or (1 if args.parallel_mode == "data_parallel" else world_size)
     model_dir = resolve_checkpoint_dir(args.model)
     config = AutoConfig.from_pretrained(model_dir)
     check_mode(
         args.parallel_mode, world_size=world_size, sp_size=sp_size, block_size=block_size,
         attn_implementation=args.attn_implementation, anneal_steps=args.anneal_steps,
-        uses_deepspeed=os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true",
-        cuda=torch.cuda.is_available(), num_heads=config.num_attention_heads,
+        uses_deepspeed=uses_deepspeed, cuda=torch.cuda.is_available(), num_heads=config.num_attention_heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
     )
 
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and not uses_deepspeed,  # torchrun on CPU: gloo data parallelism
         gradient_accumulation_steps=args.gradient_accumulate_every,
         mixed_precision=args.mixed_precision,
         log_with="wandb" if args.wandb else None,
@@ -332,10 +333,10 @@ def run(args: argparse.Namespace) -> Path:
     val_blocks = validation_blocks(args, block_size, layout) if args.val_dataset else []
 
     tokenizer = load_tokenizer(model_dir)
-    uses_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     dtype = torch.bfloat16 if uses_deepspeed and args.mixed_precision == "bf16" else torch.float32
     model = load_causal_lm(model_dir, dtype=dtype, attn_implementation=args.attn_implementation)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    embedding = model.get_input_embeddings().weight
+    vocab_rows = int(getattr(embedding, "ds_shape", embedding.shape)[0])  # ZeRO-3 loads partitioned weights
     mask_id = resolve_mask_id(args.mask_token, tokenizer, model.config, vocab_rows)
     tokens = SpecialTokens(mask_id=mask_id, pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
                            eos_id=tokenizer.eos_token_id)
@@ -375,6 +376,8 @@ def run(args: argparse.Namespace) -> Path:
     generator = torch.Generator(accelerator.device)
     log = RunLog(accelerator, output_dir, args.max_train_steps, start_step)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, unweighted loss, micro-steps
+    if val_blocks and start_step == 0:
+        log.write({"step": 0, "val_loss": evaluate(accelerator, model, tokens, val_blocks, args)})
     if start_step >= args.max_train_steps:
         logger.info("the checkpoint is at step %d, --max-train-steps is %d: nothing to train", start_step,
                     args.max_train_steps)
@@ -391,8 +394,8 @@ def run(args: argparse.Namespace) -> Path:
             generator.manual_seed(noise_seed(args.seed, layout.dp_rank, step, micro_step))
             with accelerator.accumulate(model):
                 result = strategy.step(model, next(batches), mask_id, generator, anneal, backward)
-                if accelerator.sync_gradients and not uses_deepspeed:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                if accelerator.sync_gradients:  # DeepSpeed clips inside its step and reports the norm here
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             sums += torch.stack([result.loss.double(), result.unweighted_loss.double(), torch.ones_like(sums[0])])
@@ -402,7 +405,8 @@ def run(args: argparse.Namespace) -> Path:
         if done % args.log_every == 0 or done == args.max_train_steps:
             averaged = accelerator.reduce(sums, reduction="mean")
             record = {"step": done, "loss": float(averaged[0] / averaged[2]),
-                      "unweighted_loss": float(averaged[1] / averaged[2]), "lr": lr, "anneal_ratio": anneal,
+                      "unweighted_loss": float(averaged[1] / averaged[2]), "grad_norm": float(grad_norm), "lr": lr,
+                      "anneal_ratio": anneal,
                       **meter.report()}
             sums.zero_()
             log.write(record)
