@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
+from llamafactory.ddm import load_diffusion_lm
 from model import DiscreteDiffusionModel
 from tests.training.conftest import (
     SEQ_LENGTH,
@@ -89,6 +90,8 @@ def test_two_process_data_parallel_training_lowers_the_loss(base_model, packed_d
     trained = _load_with_model_py(out / "final")
     base = LlamaForCausalLM.from_pretrained(base_model)
     assert not torch.equal(trained.model.lm_head.weight, base.lm_head.weight)
+    quickstart, _ = load_diffusion_lm(out / "final")  # what inf_diffullama.py loads
+    assert torch.equal(quickstart.model.lm_head.weight, trained.model.lm_head.weight)
 
 
 def test_zero3_on_two_processes_resumes_to_the_same_trajectory(base_model, packed_data, deepspeed_config, tmp_path):
