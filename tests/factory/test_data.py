@@ -86,6 +86,11 @@ def test_collator_pads_and_masks():
     assert "labels" not in diffusion and diffusion["src_mask"].dtype == torch.bool
 
 
+def _texts(split) -> list[str]:
+    """Character-tokenised pre-training sequences back to their texts (EOS dropped), sorted."""
+    return sorted("".join(map(chr, record["input_ids"][:-1])) for record in split)
+
+
 def _write_registry(directory: Path, entries: dict) -> None:
     (directory / "dataset_info.json").write_text(json.dumps(entries))
 
@@ -118,14 +123,29 @@ def test_alpaca_columns_and_file_formats(tmp_path, datasets_cache):
     assert list(text.train["text"]) == ["one line", "another line"]
 
 
-def test_parquet_and_val_size_and_max_samples(tmp_path, datasets_cache):
+def test_parquet_max_samples_and_val_size(tmp_path, datasets_cache):
     from datasets import Dataset
 
-    Dataset.from_dict({"text": [f"line {i}" for i in range(20)]}).to_parquet(tmp_path / "p.parquet")
+    Dataset.from_dict({"text": [f"l{i}" for i in range(20)]}).to_parquet(tmp_path / "p.parquet")
     _write_registry(tmp_path, {"p": {"file_name": "p.parquet"}})
-    splits = load_raw_splits(*_args(tmp_path, datasets_cache, dataset="p", stage="ddm", val_size=4, max_samples=10))
+    args = _args(tmp_path, datasets_cache, dataset="p", stage="ddm", val_size=4, max_samples=10, packing=False)
+    raw = load_raw_splits(*args)
+    assert list(raw.train["text"]) == [f"l{i}" for i in range(10)] and raw.eval is None
+    splits = tokenize_splits(raw, CharTokenizer(), TOKENS, args[0], args[2], "ddm")
     assert (len(splits.train), len(splits.eval)) == (6, 4)
-    assert sorted(list(splits.train["text"]) + list(splits.eval["text"])) == sorted(f"line {i}" for i in range(10))
+    assert sorted(_texts(splits.train) + _texts(splits.eval)) == sorted(f"l{i}" for i in range(10))
+
+
+def test_val_size_of_a_prediction_only_run_may_take_everything(tmp_path, datasets_cache):
+    (tmp_path / "t.json").write_text(json.dumps([{"text": "abc"}, {"text": "de"}]))
+    _write_registry(tmp_path, {"t": {"file_name": "t.json"}})
+    args = _args(tmp_path, datasets_cache, dataset="t", stage="ddm", do_train=False, do_predict=True, val_size=64,
+                 packing=False)
+    splits = tokenize_splits(load_raw_splits(*args), CharTokenizer(), TOKENS, args[0], args[2], "ddm")
+    assert splits.train is None and len(splits.eval) == 2
+    with pytest.raises(DiffusionInputError, match="val_size 64 leaves no training data"):
+        train_args = _args(tmp_path, datasets_cache, dataset="t", stage="ddm", val_size=64, packing=False)
+        tokenize_splits(load_raw_splits(*train_args), CharTokenizer(), TOKENS, train_args[0], train_args[2], "ddm")
 
 
 @pytest.mark.parametrize(
@@ -148,10 +168,11 @@ def test_bad_data_fails_with_the_name(tmp_path, datasets_cache, entry, files, me
 def test_streaming_reads_lazily(tmp_path, datasets_cache):
     (tmp_path / "s.jsonl").write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(10)))
     _write_registry(tmp_path, {"s": {"file_name": "s.jsonl"}})
-    splits = load_raw_splits(*_args(tmp_path, datasets_cache, dataset="s", stage="ddm", streaming=True,
-                                    max_steps=3, val_size=2))
-    assert sorted(r["text"] for r in splits.eval) == ["t0", "t1"]
-    assert sorted(r["text"] for r in splits.train) == [f"t{i}" for i in range(2, 10)]
+    args = _args(tmp_path, datasets_cache, dataset="s", stage="ddm", streaming=True, max_steps=3, val_size=2,
+                 packing=False)
+    splits = tokenize_splits(load_raw_splits(*args), CharTokenizer(), TOKENS, args[0], args[2], "ddm")
+    assert _texts(splits.eval) == ["t0", "t1"]
+    assert _texts(splits.train) == [f"t{i}" for i in range(2, 10)]
 
 
 def test_tokenized_path_saves_then_reloads(tmp_path, datasets_cache):

@@ -46,9 +46,10 @@ def test_ddm_adaptation_learns_anneals_and_saves_a_loadable_checkpoint(ddm_run):
 
 def test_ddm_sft_from_checkpoint_dir_trains_and_predicts(tiny_models, ddm_run, datasets_cache, tmp_path):
     output = tmp_path / "ddm-sft"
-    run_exp(tiny_config("gpt2_ddm-sft.yaml", tiny_models, output, datasets_cache, checkpoint_dir=str(ddm_run)))
+    run_exp(tiny_config("gpt2_ddm-sft.yaml", tiny_models, output, datasets_cache, checkpoint_dir=str(ddm_run),
+                        max_steps=10))
     logs = _train_logs(output)
-    assert logs and logs[-1]["step"] == 20 and logs[-1]["anneal_ratio"] == 1.0
+    assert logs and logs[-1]["step"] == 10 and logs[-1]["anneal_ratio"] == 1.0
     lines = (output / "generated_predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 8 and all(set(r) == {"predict", "label"} and "####" in r["label"] for r in records)
@@ -74,7 +75,7 @@ def test_autoregressive_pt_and_sft(tiny_models, datasets_cache, tmp_path):
     assert math.isfinite(_results(tmp_path / "pt", "eval")["eval_perplexity"])
     logs = _train_logs(tmp_path / "pt")
     assert logs[-1]["loss"] < logs[0]["loss"]
-    run_exp(tiny_config("gpt2_sft.yaml", tiny_models, tmp_path / "sft", datasets_cache))
+    run_exp(tiny_config("gpt2_sft.yaml", tiny_models, tmp_path / "sft", datasets_cache, max_steps=10, max_new_tokens=8))
     records = [json.loads(line) for line in (tmp_path / "sft" / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(records) == 8 and "predict_accuracy" in _results(tmp_path / "sft", "predict")
 

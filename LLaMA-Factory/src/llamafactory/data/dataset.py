@@ -41,20 +41,27 @@ def has_tokenized_data(path: str | None) -> bool:
     return path is not None and Path(path).is_dir() and any(Path(path).iterdir())
 
 
-def _split_validation(train: AnyDataset, val_size: float, seed: int) -> DatasetSplits:
+def split_validation(train: AnyDataset, val_size: float, seed: int, keep_train: bool) -> DatasetSplits:
+    """Hold out ``val_size`` sequences (a count, or a fraction) of ``train`` for evaluation.
+
+    Without ``keep_train`` (evaluation / prediction only) nothing needs to remain for training, so the
+    held-out part is simply capped at the whole dataset.
+    """
     if isinstance(train, IterableDataset):
         count = int(val_size)
-        return DatasetSplits(train=train.skip(count), eval=train.take(count))
+        return DatasetSplits(train=train.skip(count) if keep_train else None, eval=train.take(count))
     size = int(val_size) if val_size >= 1 else val_size
     if isinstance(size, int) and size >= len(train):
-        raise DiffusionInputError(f"val_size {size} leaves no training data ({len(train)} records)")
+        if keep_train:
+            raise DiffusionInputError(f"val_size {size} leaves no training data ({len(train)} sequences)")
+        return DatasetSplits(train=None, eval=train)
     parts = train.train_test_split(test_size=size, seed=seed)
-    return DatasetSplits(train=parts["train"], eval=parts["test"])
+    return DatasetSplits(train=parts["train"] if keep_train else None, eval=parts["test"])
 
 
 def load_raw_splits(data_args: DataArguments, model_args: ModelArguments, training_args: TrainingArguments,
                     stage: str) -> DatasetSplits | None:
-    """Records for training and evaluation, or None when ``tokenized_path`` already holds the tokens."""
+    """Records of ``dataset`` and ``eval_dataset`` (not yet split), or None when ``tokenized_path`` holds tokens."""
     if has_tokenized_data(data_args.tokenized_path):
         logger.info("using the tokenised data in %s; other data keys are ignored", data_args.tokenized_path)
         return None
@@ -62,20 +69,12 @@ def load_raw_splits(data_args: DataArguments, model_args: ModelArguments, traini
     train_attrs = get_dataset_attrs(data_args.dataset_names, data_args.dataset_dir)
     eval_attrs = get_dataset_attrs(data_args.eval_dataset_names, data_args.dataset_dir)
     check_sources_exist(train_attrs + eval_attrs)
-    needs_train = training_args.do_train or not eval_attrs
+    needs_train = training_args.do_train or not eval_attrs  # without eval_dataset, evaluation comes from it
     train = load_merged(train_attrs, data_args, model_args, supervised) if train_attrs and needs_train else None
     evaluation = load_merged(eval_attrs, data_args, model_args, supervised) if eval_attrs else None
-    if evaluation is None and train is not None and data_args.val_size > 0:
-        splits = _split_validation(train, data_args.val_size, training_args.seed)
-    else:
-        if evaluation is not None and data_args.val_size > 0:
-            logger.warning("eval_dataset is given: val_size %s is ignored", data_args.val_size)
-        splits = DatasetSplits(train=train, eval=evaluation)
-    if isinstance(splits.train, IterableDataset):
-        splits.train = splits.train.shuffle(seed=training_args.seed, buffer_size=data_args.buffer_size)
-    if not training_args.do_train:
-        splits.train = None
-    return splits
+    if evaluation is not None and data_args.val_size > 0:
+        logger.warning("eval_dataset is given: val_size %s is ignored", data_args.val_size)
+    return DatasetSplits(train=train, eval=evaluation)
 
 
 def _stage_function(stage: str, tokenizer: Any, tokens: FramingTokens, data_args: DataArguments):
@@ -136,6 +135,12 @@ def tokenize_splits(raw: DatasetSplits, tokenizer: Any, tokens: FramingTokens, d
                 f"no {name} sequences after tokenising (cutoff_len {data_args.cutoff_len} longer than all the text "
                 "together with packing?)"
             )
+    if splits.eval is None and splits.train is not None and data_args.val_size > 0:
+        splits = split_validation(splits.train, data_args.val_size, training_args.seed, training_args.do_train)
+    if not training_args.do_train:
+        splits.train = None
+    if isinstance(splits.train, IterableDataset):
+        splits.train = splits.train.shuffle(seed=training_args.seed, buffer_size=data_args.buffer_size)
     if data_args.tokenized_path is None:
         return splits
     if training_args.should_save:

@@ -21,6 +21,8 @@ from typing import Any, Union
 import torch
 import yaml
 
+from ..data.registry import get_dataset_attrs
+from ..data.templates import get_template
 from ..ddm import DiffusionInputError
 from .data_args import DataArguments
 from .finetuning_args import DEFAULT_ANNEAL_STEPS, FINETUNING_TYPES, STAGES, FinetuningArguments
@@ -227,9 +229,6 @@ def _require(condition: bool, message: str) -> None:
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                   finetuning_args: FinetuningArguments, generating_args: GeneratingArguments) -> None:
     """Reject settings that cannot work together; reads the dataset registry, never model files."""
-    from ..data.registry import get_dataset_attrs
-    from ..data.templates import get_template
-
     stage = finetuning_args.stage
     _require(model_args.model_name_or_path is not None, "model_name_or_path is required")
     _require(stage in STAGES, f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")

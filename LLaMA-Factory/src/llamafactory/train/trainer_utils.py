@@ -1,19 +1,17 @@
-"""The train / evaluate sequence every stage shares, on top of an HF Trainer."""
+"""The sequence every stage shares on top of an HF Trainer: build, train, evaluate, predict."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
-from ..hparams import FinetuningArguments, TrainingArguments
+from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+from .components import RunComponents, prepare_components
 from .plotting import plot_loss
-
-if TYPE_CHECKING:
-    from .components import RunComponents
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +45,24 @@ def run_evaluation(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def trainer_inputs(parts: RunComponents, training_args: TrainingArguments,
-                   callbacks: list[TrainerCallback] | None) -> dict[str, Any]:
-    """The keyword arguments every stage passes to its Trainer."""
-    return {
-        "model": parts.model, "args": training_args, "data_collator": parts.collator,
-        "train_dataset": parts.data.train, "eval_dataset": parts.data.eval,
-        "processing_class": parts.tokenizer, "callbacks": callbacks,
-    }
-
-
-def run_stage(trainer: Trainer, training_args: TrainingArguments, finetuning_args: FinetuningArguments,
-              predict: Callable[[], Any] | None = None, plot_keys: tuple[str, ...] = ("loss", "eval_loss")) -> None:
-    """``do_train``, then ``do_eval``, then ``do_predict`` (when the stage predicts)."""
+def run_workflow(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+                 finetuning_args: FinetuningArguments, callbacks: list[TrainerCallback] | None = None, *,
+                 trainer_class: type[Trainer] = Seq2SeqTrainer,
+                 trainer_options: Callable[[RunComponents], dict[str, Any]] | None = None,
+                 predict: Callable[[Trainer, RunComponents], Any] | None = None,
+                 plot_keys: tuple[str, ...] = ("loss", "eval_loss")) -> None:
+    """Build the run's parts and Trainer, then ``do_train``, ``do_eval`` and ``do_predict`` (if the stage predicts)."""
+    parts = prepare_components(model_args, data_args, training_args, finetuning_args)
+    if parts is None:
+        return
+    trainer = trainer_class(
+        model=parts.model, args=training_args, data_collator=parts.collator, train_dataset=parts.data.train,
+        eval_dataset=parts.data.eval, processing_class=parts.tokenizer, callbacks=callbacks,
+        **(trainer_options(parts) if trainer_options else {}),
+    )
     if training_args.do_train:
         run_training(trainer, training_args, finetuning_args, plot_keys)
     if training_args.do_eval:
         run_evaluation(trainer)
     if training_args.do_predict and predict is not None:
-        predict()
+        predict(trainer, parts)

@@ -9,9 +9,8 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 
 from ...data import IGNORE_INDEX
 from ...hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
-from ..components import prepare_components
 from ..predictions import Prediction, run_prediction
-from ..trainer_utils import run_stage, trainer_inputs
+from ..trainer_utils import run_workflow
 
 
 def _split_record(record: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -58,9 +57,7 @@ def predict_autoregressive(trainer: Seq2SeqTrainer, dataset: Any, tokenizer: Any
 def run_sft(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
             finetuning_args: FinetuningArguments, generating_args: GeneratingArguments,
             callbacks: list[TrainerCallback] | None = None) -> None:
-    parts = prepare_components(model_args, data_args, training_args, finetuning_args)
-    if parts is None:
-        return
-    trainer = Seq2SeqTrainer(**trainer_inputs(parts, training_args, callbacks))
-    run_stage(trainer, training_args, finetuning_args,
-              predict=lambda: predict_autoregressive(trainer, parts.data.eval, parts.tokenizer, generating_args))
+    run_workflow(
+        model_args, data_args, training_args, finetuning_args, callbacks,
+        predict=lambda trainer, parts: predict_autoregressive(trainer, parts.data.eval, parts.tokenizer, generating_args),
+    )
