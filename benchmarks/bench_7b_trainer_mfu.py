@@ -72,7 +72,7 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     if variant == "ddm":
         make_bidirectional(model)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     block = args.seq_length + 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -105,13 +105,17 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     _synchronize(device)
     result = {"step_s": (time.perf_counter() - start) / args.steps, **meter.report()}
     result["params_b"] = sum(p.numel() for p in model.parameters()) / 1e9
-    del model, optimizer
-    gc.collect()
     if device.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def release_memory(device: torch.device) -> None:
+    """Free the previous variant's model and optimizer state before the next one starts."""
+    gc.collect()
+    if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -122,12 +126,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"device {name}; bf16 peak {peak or 'unknown'} TFLOP/s; seq {args.seq_length}+1, batch {args.batch_size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.attn_implementation}, "
           f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}", flush=True)
-    results = {variant: measure(variant, args, device) for variant in ("ddm", "ar")}
+    results = {}
+    for variant in ("ddm", "ar"):
+        results[variant] = measure(variant, args, device)
+        release_memory(device)
     print(f"model {results['ddm']['params_b']:.2f}B parameters")
-    print(f"{'variant':8} {'tokens/s':>12} {'step s':>8} {'MFU':>7}")
+    print(f"{'variant':8} {'tokens/s':>12} {'step s':>8} {'MFU':>7} {'peak GiB':>8}")
     for variant, row in results.items():
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "n/a"
-        print(f"{variant:8} {row['tokens_per_s']:12.1f} {row['step_s']:8.3f} {mfu:>7}")
+        memory = f"{row['peak_mem_gb']:.1f}" if "peak_mem_gb" in row else "n/a"
+        print(f"{variant:8} {row['tokens_per_s']:12.1f} {row['step_s']:8.3f} {mfu:>7} {memory:>8}")
     ratio = results["ddm"]["tokens_per_s"] / results["ar"]["tokens_per_s"]
     print(f"ddm / ar throughput ratio: {ratio:.3f}")
     return results

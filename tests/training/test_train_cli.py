@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 import train
+import trainer
 
 
 def _argv(base_model, packed_data, *extra) -> list[str]:
@@ -25,6 +26,7 @@ def _argv(base_model, packed_data, *extra) -> list[str]:
         (["--parallel_mode", "sequence"], "expected one of data_parallel, ulysses_attn, ring_attn, dist_flash_attn"),
         (["--gradient-accumulate-every", "0"], "--gradient-accumulate-every must be at least 1, got 0"),
         (["--val-dataset", "/nonexistent/val"], "data directory /nonexistent/val does not exist"),
+        (["--offload-activations"], "it needs CUDA and gradient checkpointing"),
     ],
 )
 def test_bad_settings_exit_2_with_the_reason(base_model, packed_data, capsys, extra, message):
@@ -43,11 +45,11 @@ def test_original_flag_names_are_accepted(base_model, packed_data):
 
 def test_learning_rate_warms_up_linearly_then_stays_constant():
     args = argparse.Namespace(learning_rate=2e-5, warmup_steps=4)
-    assert [train.learning_rate(s, args) for s in range(6)] == pytest.approx([5e-6, 1e-5, 1.5e-5, 2e-5, 2e-5, 2e-5])
-    assert train.learning_rate(0, argparse.Namespace(learning_rate=2e-5, warmup_steps=0)) == 2e-5
+    assert [trainer.learning_rate(s, args) for s in range(6)] == pytest.approx([5e-6, 1e-5, 1.5e-5, 2e-5, 2e-5, 2e-5])
+    assert trainer.learning_rate(0, argparse.Namespace(learning_rate=2e-5, warmup_steps=0)) == 2e-5
 
 
 def test_noise_seeds_differ_by_rank_step_and_micro_step_and_are_stable():
-    seeds = {train.noise_seed(1, r, s, m) for r in range(3) for s in range(3) for m in range(3)}
-    assert len(seeds) == 27 and train.noise_seed(1, 2, 3, 4) == train.noise_seed(1, 2, 3, 4)
+    seeds = {trainer.noise_seed(1, r, s, m) for r in range(3) for s in range(3) for m in range(3)}
+    assert len(seeds) == 27 and trainer.noise_seed(1, 2, 3, 4) == trainer.noise_seed(1, 2, 3, 4)
     assert all(0 <= seed < 2**63 for seed in seeds)
