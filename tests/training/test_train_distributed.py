@@ -117,19 +117,21 @@ def test_zero3_on_two_processes_resumes_to_the_same_trajectory(base_model, packe
 
 def test_ulysses_sequence_parallelism_matches_single_process_training(base_model, packed_data, deepspeed_config,
                                                                       tmp_path):
-    args = ["--batch-size", "2", "--gradient-accumulate-every", "2", "--save-every", "100"]
+    args = ["--batch-size", "2", "--gradient-accumulate-every", "2", "--save-every", "100", "--val-dataset",
+            str(packed_data / "val"), "--eval-every", "3", "--val-blocks", "8", "--eval-diffusion-steps", "2"]
     run_training(_common(base_model, packed_data, tmp_path / "ulysses", 3, *args, "--parallel_mode", "ulysses_attn"),
                  accelerate_launch(deepspeed_config))
     run_training(_common(base_model, packed_data, tmp_path / "single", 3, *args))
-    ulysses, _ = _log(tmp_path / "ulysses")
-    single, _ = _log(tmp_path / "single")
+    ulysses, ulysses_val = _log(tmp_path / "ulysses")
+    single, single_val = _log(tmp_path / "single")
     assert sorted(ulysses) == sorted(single) == [1, 2, 3]
+    assert sorted(ulysses_val) == [0, 3] and ulysses_val == pytest.approx(single_val, rel=1e-5)
     for step in (1, 2, 3):  # same samples, same noise, same updates: two shards of each sequence on two ranks
         assert ulysses[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5)
         assert ulysses[step]["unweighted_loss"] == pytest.approx(single[step]["unweighted_loss"], rel=1e-5)
         assert ulysses[step]["grad_norm"] == pytest.approx(single[step]["grad_norm"], rel=1e-4)  # scale, not only direction
 
-    other_batch = run_training(_common(base_model, packed_data, tmp_path / "single", 4, *args[:2],
+    other_batch = run_training(_common(base_model, packed_data, tmp_path / "single", 4, "--batch-size", "2",
                                        "--gradient-accumulate-every", "1", "--resume"),
                                expect_success=False)
     assert other_batch.returncode == 2
