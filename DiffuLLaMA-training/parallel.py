@@ -129,11 +129,10 @@ def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, block_size: int, a
 
 @dataclass
 class StepLoss:
-    """One micro-batch: the sequence-level loss (for logging), unweighted CE and masked-token count."""
+    """One micro-batch's ELBO-weighted loss and unweighted masked cross-entropy, detached, for logging."""
 
     loss: torch.Tensor
     unweighted_loss: torch.Tensor
-    num_masked: torch.Tensor
 
 
 Backward = Callable[[torch.Tensor], None]
@@ -142,16 +141,14 @@ Backward = Callable[[torch.Tensor], None]
 class DataParallel:
     """Each rank: the core ``training_loss`` on its own blocks (annealed mask while ratio < 1)."""
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-
     def step(
         self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
         anneal: float, backward: Backward,
     ) -> StepLoss:
+        """Loss of one ``[batch, block]`` micro-batch, noise drawn from ``generator``; calls ``backward`` on it."""
         result = training_loss(model, block, mask_id, anneal=anneal, generator=generator)
         backward(result.loss)
-        return StepLoss(result.loss.detach(), result.unweighted_loss, result.num_masked)
+        return StepLoss(result.loss.detach(), result.unweighted_loss)
 
 
 class SequenceParallel:
@@ -176,6 +173,7 @@ class SequenceParallel:
         self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
         anneal: float, backward: Backward,
     ) -> StepLoss:
+        """As ``DataParallel.step``; ``anneal`` is always 1 here (check_mode refuses annealing)."""
         t = sample_noise_level(block.shape[0], device=block.device, generator=generator)
         noisy, masked = corrupt(block, t, mask_id, generator=generator)
         targets = torch.cat([block[:, 1:], torch.zeros_like(block[:, :1])], dim=1)
@@ -192,7 +190,7 @@ class SequenceParallel:
         unweighted = (local.unweighted_loss * share).reshape(1)
         dist.all_reduce(loss, group=self.group)
         dist.all_reduce(unweighted, group=self.group)
-        return StepLoss(loss[0], unweighted[0], total_masked)
+        return StepLoss(loss[0], unweighted[0])
 
     @contextlib.contextmanager
     def _shards(self, tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
@@ -221,4 +219,4 @@ def _consecutive_group(world_size: int, sp_size: int) -> dist.ProcessGroup:
 
 
 def make_strategy(layout: Layout) -> DataParallel | SequenceParallel:
-    return DataParallel(layout) if layout.mode == "data_parallel" else SequenceParallel(layout)
+    return DataParallel() if layout.mode == "data_parallel" else SequenceParallel(layout)

@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffuLLaMA-training"))
 
 from llamafactory.ddm import make_bidirectional  # noqa: E402
-from parallel import DataParallel, Layout  # noqa: E402
+from parallel import DataParallel  # noqa: E402
 from throughput import ThroughputMeter, detect_peak_tflops, flops_per_token  # noqa: E402
 
 ONE_B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=20,
@@ -76,7 +76,7 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
     model.train()
     block = args.seq_length + 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    step_fn = DataParallel(Layout("data_parallel", 0, 1))
+    step_fn = DataParallel()
     generator = torch.Generator(device).manual_seed(0)
     data = torch.randint(0, config.vocab_size - 1, (args.batch_size, block), device=device, generator=generator)
     mask_id = config.vocab_size - 1
