@@ -125,11 +125,13 @@ def wrapper_to_hf_keys(state: dict[str, torch.Tensor], model: PreTrainedModel) -
     return renamed
 
 
-def hf_to_wrapper_keys(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+def hf_to_wrapper_keys(
+    model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The wrapper-layout state of a tied model: ``embed_tokens.*`` + ``denoise_model.*``, no head."""
     prefix, embed = model.base_model_prefix, _embedding_path(model)
     state = {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if state_dict is None else state_dict).items():
         if not key.startswith(prefix + "."):
             continue
         inner = key[len(prefix) + 1 :]
@@ -311,11 +313,13 @@ def save_diffusion_checkpoint(
     tokenizer: Any = None,
     generation_length: int | None = None,
     max_shard_size: str = "5GB",
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint in a released layout, atomically (staged, then moved into place).
 
     The config records ``is_causal = False`` and, when given, the sampling length; the wrapper layout
-    is for tied models (DiffuGPT) and stores no head.
+    is for tied models (DiffuGPT) and stores no head. ``state_dict`` replaces the model's own weights
+    (e.g. gathered from ZeRO-3 shards onto one process), keyed as ``model.state_dict()``.
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -331,11 +335,12 @@ def save_diffusion_checkpoint(
         if layout == "wrapper":
             if not getattr(config, "tie_word_embeddings", False):
                 raise DiffusionInputError("the wrapper layout stores no head: it needs a tied model (GPT-2)")
-            state = {k: v.detach().cpu().contiguous() for k, v in hf_to_wrapper_keys(model).items()}
+            state = {k: v.detach().cpu().contiguous() for k, v in hf_to_wrapper_keys(model, state_dict).items()}
             save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
             config.save_pretrained(staging)
         else:
-            model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+            model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size,
+                                  state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _replace_directory(staging, target)
