@@ -1,6 +1,7 @@
-"""Evaluate a DiffuLLaMA checkpoint on the paper's benchmarks (see evaluation/README.md).
+r"""Evaluate a DiffuLLaMA checkpoint on the paper's benchmarks (see evaluation/README.md).
 
-    python evaluation/eval-diffullama.py --model_name diffusionfamily/diffullama --flash_attn sdpa --data_dir ../shared/data
+    python evaluation/eval-diffullama.py --model_name diffusionfamily/diffullama --flash_attn sdpa \
+        --data_dir ../shared/data
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness with the diffusion model ``diffllm`` registered; takes ``lm_eval``'s arguments.
+r"""lm-evaluation-harness with the diffusion model ``diffllm`` registered; takes ``lm_eval``'s arguments.
 
     python evaluation/lm_eval_diffllm.py --model diffllm \
         --model_args pretrained=diffusionfamily/diffugpt-s,diffusion_steps=32 --tasks piqa,hellaswag

@@ -1,7 +1,8 @@
 """The command line shared by ``eval-diffugpt.py``, ``eval-diffullama.py`` and ``eval-llm.py``.
 
 Order of work: parse and check the flags, load every selected task's data (so a missing file fails in
-seconds), then load the model, evaluate task by task, and print the paper-layout table.
+seconds), then load the model, evaluate task by task, and print the paper-layout table. Device, dtype,
+attention and boolean flags are read by the quick-start command's helpers, so both commands agree.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from llamafactory.ddm import DiffusionInputError, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.ddm.checkpoints import resolve_checkpoint_dir
 from llamafactory.ddm.sampling import STRATEGIES
+from llamafactory.quickstart import _check_attention, _device, _dtype, parse_bool
 
 from .ar_engine import AutoregressiveEngine
 from .data import DataSource
@@ -31,9 +33,8 @@ from .tasks import TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 _ATTENTION = ("eager", "sdpa", "flash_attention_2")
-_TRUE, _FALSE = {"1", "true", "yes", "y", "on"}, {"0", "false", "no", "n", "off"}
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,6 @@ LLM = Family("Evaluate an autoregressive baseline on the paper's benchmarks (mul
              "gpt2")
 
 
-def parse_bool(text: str) -> bool:
-    """``true/false/yes/no/1/0`` -> bool (argparse's ``type=bool`` would read ``"False"`` as true)."""
-    value = text.strip().lower()
-    if value in _TRUE or value in _FALSE:
-        return value in _TRUE
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default unless it has none or its help already explains it."""
 
@@ -84,7 +77,8 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     model.add_argument("--flash_attn", "--attn_implementation", dest="attn_implementation", choices=_ATTENTION,
                        default="sdpa", help="attention implementation")
     model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    model.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto", help="auto: bfloat16 on CUDA, else float32")
+    model.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
+                       help="auto: bfloat16 on CUDA, else float32")
     model.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False,
                        help="allow a checkpoint's own Python code (off unless you trust it)")
     run = parser.add_argument_group("run")
@@ -150,27 +144,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         triviaqa_extra_tokens=args.triviaqa_extra_tokens, gsm8k_steps=getattr(args, "gsm8k_steps", 64),
         gsm8k_max_length=args.gsm8k_max_length, code_timeout=args.code_timeout, code_workers=args.code_workers,
     )
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise DiffusionInputError("--device cuda was requested but no CUDA device is available")
-    return torch.device(choice)
-
-
-def _dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[choice]
-
-
-def _check_attention(choice: str, device: torch.device) -> None:
-    from transformers.utils import is_flash_attn_2_available
-
-    if choice == "flash_attention_2" and (device.type != "cuda" or not is_flash_attn_2_available()):
-        raise DiffusionInputError("flash_attention_2 needs a CUDA device and the flash-attn package; use sdpa or eager")
 
 
 def load_engine(family: Family, args: argparse.Namespace) -> Engine:

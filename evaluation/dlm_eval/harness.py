@@ -28,12 +28,13 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from llamafactory.ddm import DiffusionInputError, load_diffusion_lm, sequence_nll
+from llamafactory.quickstart import _dtype
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest
 from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _batch_size(value: Any) -> int:
@@ -54,11 +55,11 @@ class DiffLLM(LM):
                  **unused: Any) -> None:
         super().__init__()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise DiffusionInputError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+        if dtype not in _DTYPES:
+            raise DiffusionInputError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
         model, tokenizer = load_diffusion_lm(
             pretrained, base_model=base_model, adapters=[a for a in (adapters or "").split(":") if a],
-            dtype=_DTYPES.get(dtype, torch.bfloat16 if target.type == "cuda" else torch.float32),
+            dtype=_dtype(dtype, target),
             attn_implementation=attn_implementation, device=target, trust_remote_code=trust_remote_code,
         )
         decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy)

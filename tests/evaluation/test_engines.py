@@ -157,4 +157,5 @@ def test_ar_baseline_picks_and_generates_the_planted_answer(planted_gpt2, tokeni
     result = evaluate_last_word("lambada", engine, examples, Settings())
     assert [r["prediction"] for r in result.examples] == ["dog", "dog"]
     holes = engine.fill([FillRequest([5, 6, 7], 3, [9, 9]), FillRequest([5], 1)], engine.decoding, desc="test")
-    assert holes == [[engine.tokenizer.convert_tokens_to_ids("Ġdog")] * 3, [engine.tokenizer.convert_tokens_to_ids("Ġdog")]]
+    dog = engine.tokenizer.convert_tokens_to_ids("Ġdog")
+    assert holes == [[dog] * 3, [dog]]

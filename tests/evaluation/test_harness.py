@@ -75,7 +75,8 @@ def test_registered_model_runs_local_tasks_from_python(planted_diffugpt_dir, tas
 
     results = lm_eval.simple_evaluate(
         model="diffllm", model_args=f"pretrained={planted_diffugpt_dir},diffusion_steps=4,sampling_steps=3",
-        tasks=[f"planted_{name}" for name in DOCS], task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        tasks=[f"planted_{name}" for name in DOCS],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         batch_size=4, device="cpu",
     )["results"]
     assert results["planted_choice"]["acc,none"] == 1.0

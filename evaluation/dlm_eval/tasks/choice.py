@@ -117,8 +117,9 @@ def load_winogrande(source: DataSource) -> list[ChoiceExample]:
         for n, row in enumerate(rows):
             blank = row["sentence"].index("_")
             head = row["sentence"][:blank]
+            gold = _label("winogrande", "Hub", n, row["answer"], 2, 1)
             examples.append(_winogrande(n, [head + row["option1"], head + row["option2"]],
-                                        row["sentence"][blank + 1 :], _label("winogrande", "Hub", n, row["answer"], 2, 1)))
+                                        row["sentence"][blank + 1 :], gold))
         return examples
     examples = []
     for n, row in enumerate(read_jsonl(path)):
@@ -130,6 +131,21 @@ def load_winogrande(source: DataSource) -> list[ChoiceExample]:
     return examples
 
 
+def _load_labelled(source: DataSource, task: str, folder: str, files: tuple[str, str], hub: HubDataset,
+                   fields: tuple[str, ...], choices: int, base: int, build) -> list[ChoiceExample]:
+    """A JSON Lines file plus a line-aligned labels file (labels ``base`` .. ``base + choices - 1``)."""
+    path = source.resolve(task, folder, files[0], hub=hub)
+    if path is None:
+        rows = source.hub_rows(task, hub)
+        return [build(n, row, _label(task, "Hub", n, row["label"], choices, base)) for n, row in enumerate(rows)]
+    rows = read_jsonl(path)
+    labels = _aligned_labels(task, rows, source.require(task, folder, files[1]))
+    for n, row in enumerate(rows):
+        require_fields(task, path, n + 1, row, fields)
+    return [build(n, row, _label(task, path, n + 1, label, choices, base))
+            for n, (row, label) in enumerate(zip(rows, labels))]
+
+
 def _piqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
     context = f"Question: {row['goal']}\nAnswer:"
     return ChoiceExample(f"piqa/{number}", ((context, " " + row["sol1"]), (context, " " + row["sol2"])), gold)
@@ -137,16 +153,8 @@ def _piqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
 
 def load_piqa(source: DataSource) -> list[ChoiceExample]:
     """``valid.jsonl`` + ``valid-labels.lst`` (0 = sol1) or ``ybisk/piqa``."""
-    hub = HubDataset("ybisk/piqa", "validation")
-    path = source.resolve("piqa", "piqa", "valid.jsonl", hub=hub)
-    if path is None:
-        rows = source.hub_rows("piqa", hub)
-        return [_piqa(n, row, _label("piqa", "Hub", n, row["label"], 2, 0)) for n, row in enumerate(rows)]
-    rows = read_jsonl(path)
-    labels = _aligned_labels("piqa", rows, source.require("piqa", "piqa", "valid-labels.lst"))
-    for n, row in enumerate(rows):
-        require_fields("piqa", path, n + 1, row, ("goal", "sol1", "sol2"))
-    return [_piqa(n, row, _label("piqa", path, n + 1, label, 2, 0)) for n, (row, label) in enumerate(zip(rows, labels))]
+    return _load_labelled(source, "piqa", "piqa", ("valid.jsonl", "valid-labels.lst"),
+                          HubDataset("ybisk/piqa", "validation"), ("goal", "sol1", "sol2"), 2, 0, _piqa)
 
 
 def _siqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
@@ -157,16 +165,9 @@ def _siqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
 
 def load_siqa(source: DataSource) -> list[ChoiceExample]:
     """``dev.jsonl`` + ``dev-labels.lst`` (1-based) or ``allenai/social_i_qa``."""
-    hub = HubDataset("allenai/social_i_qa", "validation")
-    path = source.resolve("siqa", "social_iqa", "dev.jsonl", hub=hub)
-    if path is None:
-        rows = source.hub_rows("siqa", hub)
-        return [_siqa(n, row, _label("siqa", "Hub", n, row["label"], 3, 1)) for n, row in enumerate(rows)]
-    rows = read_jsonl(path)
-    labels = _aligned_labels("siqa", rows, source.require("siqa", "social_iqa", "dev-labels.lst"))
-    for n, row in enumerate(rows):
-        require_fields("siqa", path, n + 1, row, ("context", "question", "answerA", "answerB", "answerC"))
-    return [_siqa(n, row, _label("siqa", path, n + 1, label, 3, 1)) for n, (row, label) in enumerate(zip(rows, labels))]
+    return _load_labelled(source, "siqa", "social_iqa", ("dev.jsonl", "dev-labels.lst"),
+                          HubDataset("allenai/social_i_qa", "validation"),
+                          ("context", "question", "answerA", "answerB", "answerC"), 3, 1, _siqa)
 
 
 def _choice_task(name: str, column: str, loader) -> Task:

@@ -83,8 +83,9 @@ def evaluate_gsm8k(engine: Engine, examples: list[MathExample], settings: Settin
                         "correct": same_number(predicted, example.gold)})
     used = {"seed": settings.seed, "diffusion_steps": settings.gsm8k_steps, "max_length": settings.gsm8k_max_length,
             **decoding.as_dict()}
-    return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records,
-                      used if engine.kind == "diffusion" else {"decoding": "greedy", "max_length": settings.gsm8k_max_length})
+    if engine.kind != "diffusion":
+        used = {"decoding": "greedy", "max_length": settings.gsm8k_max_length}
+    return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records, used)
 
 
 TASKS = (Task("gsm8k", "GSM8K", ("accuracy",), load_gsm8k, evaluate_gsm8k),)

@@ -47,8 +47,9 @@ def program(example: CodeInfillExample, completion: str) -> str:
 def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settings: Settings) -> TaskResult:
     tokenizer = engine.tokenizer
     requests = [
-        FillRequest(encode_prefix(tokenizer, e.prompt), len(encode(tokenizer, e.canonical)), encode(tokenizer, e.suffix),
-                    steps=settings.diffusion_steps, seed=example_seed(settings.seed, "humaneval", index))
+        FillRequest(encode_prefix(tokenizer, e.prompt), len(encode(tokenizer, e.canonical)),
+                    encode(tokenizer, e.suffix), steps=settings.diffusion_steps,
+                    seed=example_seed(settings.seed, "humaneval", index))
         for index, e in enumerate(examples)
     ]
     decoding = settings.decoding(engine.decoding)

@@ -39,7 +39,9 @@ def load_rocstories(source: DataSource) -> list[InfillExample]:
         require_fields("rocstories", path, n + 1, row, _COLUMNS)
         choice = row["AnswerRightEnding"].strip()
         if choice not in ("1", "2"):
-            raise DiffusionInputError(f"task rocstories: AnswerRightEnding {choice!r} in row {n + 1} of {path}; expected 1 or 2")
+            raise DiffusionInputError(
+                f"task rocstories: AnswerRightEnding {choice!r} in row {n + 1} of {path}; expected 1 or 2"
+            )
         ending = row[f"RandomFifthSentenceQuiz{choice}"]
         examples.append(InfillExample(
             row.get("InputStoryid", f"rocstories/{n}"),
