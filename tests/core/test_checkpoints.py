@@ -195,8 +195,9 @@ def test_lora_adapter_with_trained_embedding_merges_and_keeps_head_tied(released
 def test_save_takes_an_explicit_state_dict(released, tmp_path, layout):
     model, tokenizer = load_diffusion_lm(released["diffugpt-s"][0])
     state = {k: v.clone() for k, v in model.model.state_dict().items()}
-    state["transformer.ln_f.bias"] = torch.full_like(state["transformer.ln_f.bias"], 0.25)
+    expected = torch.full_like(state["transformer.ln_f.bias"], 0.25)
+    state["transformer.ln_f.bias"] = expected.clone()
     target = save_diffusion_checkpoint(model.model, tmp_path / layout, layout=layout, state_dict=state,
                                        tokenizer=tokenizer)
     again, _ = load_diffusion_lm(target)
-    assert torch.equal(again.model.transformer.ln_f.bias, state["transformer.ln_f.bias"])
+    assert torch.equal(again.model.transformer.ln_f.bias, expected)
