@@ -17,6 +17,7 @@ def test_version_env_and_help(capsys):
     report = capsys.readouterr().out
     assert all(f"{name}:" in report for name in ("python", "torch", "transformers", "peft", "deepspeed", "flash-attn"))
     assert main(["help"]) == 0 and "llamafactory-cli train CONFIG.yaml" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0 and "FORCE_TORCHRUN" in capsys.readouterr().out
     assert main(["fly"]) == 2 and "unknown command 'fly'" in capsys.readouterr().err
 
 

@@ -140,6 +140,15 @@ def test_flash_attention_is_refused_while_annealing(monkeypatch):
     get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 1})
 
 
+def test_reporting_packages_are_checked(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if "tensorboard" in name else real(name))
+    with pytest.raises(DiffusionInputError, match="report_to: tensorboard needs the tensorboard package"):
+        get_train_args({**BASE, "report_to": "tensorboard"})
+
+
 def test_dataset_registry_errors(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"odd": {"file_name": "x.json", "formatting": "sharegpt"}}))
     with pytest.raises(DiffusionInputError, match="formatting 'sharegpt' is not supported"):

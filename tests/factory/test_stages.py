@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from llamafactory.ddm import DiffusionInputError, generation_length, load_diffusion_lm
@@ -41,7 +42,10 @@ def test_ddm_adaptation_learns_anneals_and_saves_a_loadable_checkpoint(ddm_run):
     assert {"training_loss.png", "training_unweighted_loss.png"} <= {p.name for p in ddm_run.iterdir()}
     model, _ = load_diffusion_lm(ddm_run)
     assert model.config.is_causal is False and generation_length(model.config) == 32
-    assert model.mask_id == model.tokens.mask_id is not None
+    from model import DiscreteDiffusionModel  # the root quick-start API
+
+    ids = torch.tensor([[model.tokens.bos_id, model.mask_id, model.mask_id]])
+    assert torch.equal(DiscreteDiffusionModel.from_pretrained(str(ddm_run))(ids), model(ids))
 
 
 def test_ddm_sft_from_checkpoint_dir_trains_and_predicts(tiny_models, ddm_run, datasets_cache, tmp_path):

@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv else "help"
     if command == "train":
+        if argv and argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
         if not argv:
             print("error: train needs a config file, e.g. llamafactory-cli train examples/tiny/ddm.yaml", file=sys.stderr)
             return 2

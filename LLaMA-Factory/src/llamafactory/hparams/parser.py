@@ -258,8 +258,16 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
                      f"{attr.describe()} has no prompt/response columns (columns: {attr.columns}); stage {stage} needs them")
         else:
             _require(attr.has_text, f"{attr.describe()} has no text column (columns: {attr.columns}); stage {stage} needs one")
-    if any("wandb" in str(target) for target in (training_args.report_to or [])):
-        _require(importlib.util.find_spec("wandb") is not None, "report_to: wandb needs the wandb package (pip install wandb)")
+    _validate_reporting(training_args)
+
+
+def _validate_reporting(training_args: TrainingArguments) -> None:
+    """``report_to`` integrations need their packages; say which one is missing before loading anything."""
+    targets = training_args.report_to or []
+    for target, packages in (("wandb", ("wandb",)), ("tensorboard", ("tensorboard", "tensorboardX"))):
+        if target in targets:
+            _require(any(importlib.util.find_spec(p) is not None for p in packages),
+                     f"report_to: {target} needs the {packages[0]} package (pip install {packages[0]})")
 
 
 def _validate_attention(model_args: ModelArguments, training_args: TrainingArguments,
