@@ -15,7 +15,9 @@ from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 
 from .engine import Decoding, FillRequest, window
-from .text import fit_infill, fit_pair, leading_special_ids
+from llamafactory.model.tokenizer import framing_tokens
+
+from .text import fit_infill, fit_pair
 
 
 class AutoregressiveEngine:
@@ -103,5 +105,5 @@ class AutoregressiveEngine:
         return holes
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
-        """An AR fine-tuned model reads the prompt and continues with the answer (``template: empty``)."""
-        return leading_special_ids(self.tokenizer) + list(prompt)
+        """``[BOS] + prompt``: the sft stage's layout (``template: empty``); the answer follows."""
+        return [framing_tokens(self.tokenizer).bos, *prompt]

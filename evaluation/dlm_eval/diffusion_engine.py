@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llamafactory.ddm import DiffusionInputError, DiffusionLM, SamplingConfig, sample, score_continuations
+from llamafactory.ddm import DiffusionLM, SamplingConfig, sample, score_continuations
+from llamafactory.model.tokenizer import framing_tokens
 
 from .engine import Decoding, FillRequest, window
 from .text import fit_infill, fit_pair
@@ -89,12 +90,6 @@ class DiffusionEngine:
         return [tokens[b, len(p) : len(p) + n].tolist() for b, (p, n, _, _) in enumerate(rows)]
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
-        """``[BOS] + prompt + [SEP]``, the ddm-sft layout (SPEC 5)."""
-        tokens = self.model.tokens
-        start = tokens.bos_id if tokens.bos_id is not None else tokens.eos_id
-        if start is None or tokens.sep_id is None:
-            raise DiffusionInputError(
-                "the ddm-sft prompt layout needs a BOS (or EOS) and a separator token; this tokenizer defines "
-                f"bos={tokens.bos_id}, eos={tokens.eos_id}, sep={tokens.sep_id}"
-            )
-        return [start, *prompt, tokens.sep_id]
+        """``[BOS] + prompt + [SEP]``: the ddm-sft layout (SPEC 5), framed as the training stage frames it."""
+        framing = framing_tokens(self.tokenizer, self.model.tokens)
+        return [framing.bos, *prompt, framing.sep]

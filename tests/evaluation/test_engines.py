@@ -12,7 +12,8 @@ from dlm_eval.tasks.choice import ChoiceExample, evaluate_choices
 from dlm_eval.tasks.lambada import LastWordExample, evaluate_last_word
 from dlm_eval.tasks.triviaqa import QuestionExample, evaluate_triviaqa
 from dlm_eval.text import encode_pair
-from llamafactory.ddm import DiffusionInputError, DiffusionLM, SpecialTokens, level_masks, load_diffusion_lm
+from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks, load_diffusion_lm
+from tests.tiny import tiny_tokenizer
 
 from .common import FIXTURES
 
@@ -119,13 +120,15 @@ def test_triviaqa_finds_the_answer_in_a_longer_generation(planted_diffugpt):
     assert result.metrics == {"exact_match": 0.5, "f1": pytest.approx(0.25)}
 
 
-def test_supervised_prompt_is_bos_prompt_sep(random_diffugpt):
+def test_supervised_prompt_is_framed_as_in_ddm_sft_training(random_diffugpt):
     model, tokenizer = random_diffugpt
-    engine = DiffusionEngine(model, tokenizer)
-    assert engine.supervised_prompt([10, 11]) == [tokenizer.bos_token_id, 10, 11, tokenizer.sep_token_id]
-    no_separator = DiffusionLM(model.model, SpecialTokens(mask_id=model.mask_id, bos_id=0))
-    with pytest.raises(DiffusionInputError, match="needs a BOS .* and a separator token"):
-        DiffusionEngine(no_separator, tokenizer).supervised_prompt([10])
+    assert DiffusionEngine(model, tokenizer).supervised_prompt([10, 11]) == \
+        [tokenizer.bos_token_id, 10, 11, tokenizer.sep_token_id]
+    no_separator = tiny_tokenizer()
+    no_separator.sep_token = None
+    without = DiffusionLM(model.model, SpecialTokens(mask_id=model.mask_id, eos_id=tokenizer.eos_token_id))
+    assert DiffusionEngine(without, no_separator).supervised_prompt([10]) == \
+        [tokenizer.bos_token_id, 10, tokenizer.eos_token_id]  # as the training stage: EOS stands in for SEP
 
 
 def test_decoding_precedence_is_family_then_task_then_flags():

@@ -1,8 +1,8 @@
 """GSM8K for a fine-tuned (ddm-sft) model: generate the worked answer, compare the number after ``####``.
 
-The diffusion model sees ``[BOS] question [SEP]`` followed by masks up to ``--gsm8k_max_length`` (the
-fine-tuning ``cutoff_len``) and decodes greedily by top-k confidence with T = ``--gsm8k_steps`` (64 in
-the paper). The answer ends at the first EOS or pad token.
+The diffusion model sees ``[BOS] question [SEP]`` (the ddm-sft stage's framing, ``template: empty``)
+followed by masks up to ``--gsm8k_max_length`` (the fine-tuning ``cutoff_len``) and decodes greedily by
+top-k confidence with T = ``--gsm8k_steps`` (64 in the paper). The answer ends at the first EOS or pad.
 """
 
 from __future__ import annotations
