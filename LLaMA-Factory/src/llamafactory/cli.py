@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             print(USAGE)
             return 0
         if not argv:
-            print("error: train needs a config file, e.g. llamafactory-cli train examples/tiny/ddm.yaml", file=sys.stderr)
+            print("error: train needs a config file, e.g. llamafactory-cli train examples/tiny/gpt2_ddm.yaml",
+                  file=sys.stderr)
             return 2
         return train(argv)
     if command == "version":

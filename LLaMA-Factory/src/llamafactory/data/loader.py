@@ -90,9 +90,8 @@ def _to_supervised(mapping: dict[str, str]):
         size = len(batch[mapping["prompt"]])
         queries = batch[mapping["query"]] if "query" in mapping else [None] * size
         systems = batch[mapping["system"]] if "system" in mapping else [None] * size
-        prompts = [
-            str(prompt or "") + (f"\n{query}" if query else "") for prompt, query in zip(batch[mapping["prompt"]], queries)
-        ]
+        prompts = [str(prompt or "") + (f"\n{query}" if query else "")
+                   for prompt, query in zip(batch[mapping["prompt"]], queries)]
         return {
             "prompt": prompts,
             "response": ["" if value is None else str(value) for value in batch[mapping["response"]]],

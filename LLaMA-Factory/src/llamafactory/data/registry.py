@@ -62,7 +62,9 @@ def read_registry(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The parsed ``dataset_info.json`` of ``dataset_dir``."""
     path = Path(dataset_dir) / REGISTRY_FILE
     if not path.is_file():
-        raise DiffusionInputError(f"dataset registry {path} not found; set dataset_dir to a folder holding {REGISTRY_FILE}")
+        raise DiffusionInputError(
+            f"dataset registry {path} not found; set dataset_dir to a folder holding {REGISTRY_FILE}"
+        )
     try:
         registry = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

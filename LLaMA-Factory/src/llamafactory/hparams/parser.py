@@ -226,39 +226,48 @@ def _require(condition: bool, message: str) -> None:
         raise DiffusionInputError(message)
 
 
+def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"unknown {key} '{value}'; expected one of {', '.join(choices)}")
+
+
+def _require_at_least(key: str, value: float, minimum: float) -> None:
+    _require(value >= minimum, f"{key} must be >= {minimum}, got {value}")
+
+
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                   finetuning_args: FinetuningArguments, generating_args: GeneratingArguments) -> None:
     """Reject settings that cannot work together; reads the dataset registry, never model files."""
     stage = finetuning_args.stage
     _require(model_args.model_name_or_path is not None, "model_name_or_path is required")
-    _require(stage in STAGES, f"unknown stage '{stage}'; expected one of {', '.join(STAGES)}")
-    _require(finetuning_args.finetuning_type in FINETUNING_TYPES,
-             f"unknown finetuning_type '{finetuning_args.finetuning_type}'; expected one of {', '.join(FINETUNING_TYPES)}")
+    _require_choice("stage", stage, STAGES)
+    _require_choice("finetuning_type", finetuning_args.finetuning_type, FINETUNING_TYPES)
+    _require_choice("flash_attn", model_args.flash_attn, ATTENTION_CHOICES)
+    _require_choice("decoding_strategy", generating_args.decoding_strategy, DECODING_STRATEGIES)
     _require(training_args.do_train or training_args.do_eval or training_args.do_predict,
              "nothing to do: set do_train, do_eval or do_predict")
-    _require(not (stage == "pt" and training_args.do_predict), "do_predict is not available for stage pt; use sft or ddm")
-    _require(data_args.cutoff_len >= 4, f"cutoff_len must be >= 4, got {data_args.cutoff_len}")
-    _require(finetuning_args.anneal_steps >= 1, f"anneal_steps must be >= 1, got {finetuning_args.anneal_steps}")
-    _require(finetuning_args.diffusion_steps >= 1, f"diffusion_steps must be >= 1, got {finetuning_args.diffusion_steps}")
+    _require(not (stage == "pt" and training_args.do_predict), "do_predict is not available for stage pt")
+    _require_at_least("cutoff_len", data_args.cutoff_len, 4)
+    _require_at_least("anneal_steps", finetuning_args.anneal_steps, 1)
+    _require_at_least("diffusion_steps", finetuning_args.diffusion_steps, 1)
     _require(generating_args.logits_temp > 0, f"logits_temp must be > 0, got {generating_args.logits_temp}")
     _require(generating_args.topp_temp is None or 0 < generating_args.topp_temp <= 1,
              f"topp_temp must be in (0, 1] or null, got {generating_args.topp_temp}")
-    _require(generating_args.decoding_strategy in DECODING_STRATEGIES,
-             f"unknown decoding_strategy '{generating_args.decoding_strategy}'; expected one of {', '.join(DECODING_STRATEGIES)}")
-    _require(model_args.flash_attn in ATTENTION_CHOICES,
-             f"unknown flash_attn '{model_args.flash_attn}'; expected one of {', '.join(ATTENTION_CHOICES)}")
     _validate_attention(model_args, training_args, finetuning_args)
     _validate_finetuning(model_args, finetuning_args)
-    _validate_data(data_args, training_args, stage)
+    _validate_data(data_args, training_args)
+    _validate_dataset_roles(data_args, stage)
     get_template(data_args.template)
-    names = data_args.dataset_names + data_args.eval_dataset_names
-    for attr in get_dataset_attrs(names, data_args.dataset_dir):
+    _validate_reporting(training_args)
+
+
+def _validate_dataset_roles(data_args: DataArguments, stage: str) -> None:
+    """Registered datasets must have the columns the stage reads (text, or prompt + response)."""
+    for attr in get_dataset_attrs(data_args.dataset_names + data_args.eval_dataset_names, data_args.dataset_dir):
         if stage in ("sft", "ddm-sft"):
             _require(attr.has_prompt_response,
-                     f"{attr.describe()} has no prompt/response columns (columns: {attr.columns}); stage {stage} needs them")
+                     f"{attr.describe()} has no prompt/response columns ({attr.columns}); stage {stage} needs them")
         else:
-            _require(attr.has_text, f"{attr.describe()} has no text column (columns: {attr.columns}); stage {stage} needs one")
-    _validate_reporting(training_args)
+            _require(attr.has_text, f"{attr.describe()} has no text column ({attr.columns}); stage {stage} needs one")
 
 
 def _validate_reporting(training_args: TrainingArguments) -> None:
@@ -287,16 +296,16 @@ def _validate_finetuning(model_args: ModelArguments, finetuning_args: Finetuning
     _require(lora or not model_args.adapters,
              f"adapter_name_or_path needs finetuning_type: lora (got {finetuning_args.finetuning_type})")
     if lora:
-        _require(finetuning_args.lora_rank >= 1, f"lora_rank must be >= 1, got {finetuning_args.lora_rank}")
+        _require_at_least("lora_rank", finetuning_args.lora_rank, 1)
         _require(bool(finetuning_args.lora_targets), "lora_target is empty; use all or module names")
 
 
-def _validate_data(data_args: DataArguments, training_args: TrainingArguments, stage: str) -> None:
+def _validate_data(data_args: DataArguments, training_args: TrainingArguments) -> None:
     _require(not training_args.do_train or bool(data_args.dataset_names), "do_train needs a dataset")
     val_size = data_args.val_size
-    _require(val_size >= 0, f"val_size must be >= 0, got {val_size}")
+    _require_at_least("val_size", val_size, 0)
     _require(val_size < 1 or float(val_size).is_integer(), f"val_size >= 1 is a record count; got {val_size}")
-    _require(not (data_args.streaming and 0 < val_size < 1), "streaming needs val_size as a record count, not a fraction")
+    _require(not (data_args.streaming and 0 < val_size < 1), "streaming needs val_size as a record count")
     _require(not (data_args.streaming and data_args.tokenized_path), "tokenized_path cannot be used with streaming")
     _require(not (data_args.streaming and training_args.do_predict), "do_predict needs a non-streaming dataset")
     _require(not (data_args.streaming and training_args.do_train and training_args.max_steps <= 0),

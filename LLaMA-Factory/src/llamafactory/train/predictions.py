@@ -87,7 +87,8 @@ def run_prediction(trainer: Trainer, dataset: Sized, predict_batch: Callable[[li
     args = trainer.args
     indices = shard_indices(len(dataset), args.world_size, args.process_index)
     local: list[Prediction] = []
-    for start in tqdm(range(0, len(indices), batch_size), desc="Predicting", disable=not trainer.is_local_process_zero()):
+    batches = range(0, len(indices), batch_size)
+    for start in tqdm(batches, desc="Predicting", disable=not trainer.is_local_process_zero()):
         local.extend(predict_batch(indices[start : start + batch_size]))
     predictions = gather_predictions(local, args.world_size)
     metrics = prediction_metrics(predictions)

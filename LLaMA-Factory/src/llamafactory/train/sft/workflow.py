@@ -9,6 +9,7 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 
 from ...data import IGNORE_INDEX
 from ...hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
+from ..components import RunComponents
 from ..predictions import Prediction, run_prediction
 from ..trainer_utils import run_workflow
 
@@ -57,7 +58,7 @@ def predict_autoregressive(trainer: Seq2SeqTrainer, dataset: Any, tokenizer: Any
 def run_sft(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
             finetuning_args: FinetuningArguments, generating_args: GeneratingArguments,
             callbacks: list[TrainerCallback] | None = None) -> None:
-    run_workflow(
-        model_args, data_args, training_args, finetuning_args, callbacks,
-        predict=lambda trainer, parts: predict_autoregressive(trainer, parts.data.eval, parts.tokenizer, generating_args),
-    )
+    def predict(trainer: Seq2SeqTrainer, parts: RunComponents) -> None:
+        predict_autoregressive(trainer, parts.data.eval, parts.tokenizer, generating_args)
+
+    run_workflow(model_args, data_args, training_args, finetuning_args, callbacks, predict=predict)
