@@ -74,6 +74,14 @@ def test_lora_ddm_sft_on_tiny_llama(tiny_models, datasets_cache, tmp_path):
     assert model.config.is_causal is False
 
 
+def test_streamed_ddm_trains_and_evaluates(tiny_models, datasets_cache, tmp_path):
+    output = tmp_path / "streamed"
+    run_exp(tiny_config("gpt2_ddm.yaml", tiny_models, output, datasets_cache, streaming=True, max_steps=4,
+                        logging_steps=2, save_steps=4, val_size=4, plot_loss=False))
+    assert [e["step"] for e in _train_logs(output)] == [2, 4]
+    assert math.isfinite(_results(output, "eval")["eval_loss"])
+
+
 def test_autoregressive_pt_and_sft(tiny_models, datasets_cache, tmp_path):
     run_exp(tiny_config("gpt2_pt.yaml", tiny_models, tmp_path / "pt", datasets_cache))
     assert math.isfinite(_results(tmp_path / "pt", "eval")["eval_perplexity"])

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import torch
+from datasets import IterableDataset
 from tqdm import tqdm
 from transformers import Seq2SeqTrainer
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -93,6 +94,8 @@ class DiffusionTrainer(Seq2SeqTrainer):
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, IterableDataset):  # a streamed held-out set is small (val_size records): list it
+            dataset = list(dataset)
         start = time.time()
         world, rank = self.args.world_size, self.args.process_index
         # ZeRO-3 shards the weights: every process must run the same forwards, so each scores everything
