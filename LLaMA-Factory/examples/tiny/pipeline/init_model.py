@@ -1,0 +1,53 @@
+"""Write a randomly initialised tiny GPT-2 (config, safetensors weights, tokenizer) for stage ``pt``.
+
+``llamafactory-cli train`` starts from ``model_name_or_path``; for pre-training from scratch that is
+this folder. The model is GPT-2 shaped (tied head, learned positions) like DiffuGPT, only small.
+
+    python init_model.py --tokenizer output/tiny/tokenizer --out output/tiny/init
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+logger = logging.getLogger(__name__)
+
+
+def tiny_gpt2(tokenizer, n_embd: int, n_layer: int, n_head: int, n_positions: int, seed: int) -> GPT2LMHeadModel:
+    """A GPT-2 over ``tokenizer``'s vocabulary, its special ids recorded in the config."""
+    if n_embd % n_head:
+        raise SystemExit(f"--n-embd {n_embd} must be a multiple of --n-head {n_head}")
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder (train_tokenizer.py)")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the model into")
+    parser.add_argument("--n-embd", type=int, default=128, help="hidden size (default 128)")
+    parser.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default 4)")
+    parser.add_argument("--n-head", type=int, default=4, help="attention heads (default 4)")
+    parser.add_argument("--n-positions", type=int, default=128, help="position table size (default 128)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    model = tiny_gpt2(tokenizer, args.n_embd, args.n_layer, args.n_head, args.n_positions, args.seed)
+    model.save_pretrained(args.out, safe_serialization=True)
+    tokenizer.save_pretrained(args.out)
+    logger.info("wrote a %.2fM-parameter GPT-2 to %s", model.num_parameters() / 1e6, args.out)
+
+
+if __name__ == "__main__":
+    main()
