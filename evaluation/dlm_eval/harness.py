@@ -45,14 +45,17 @@ def _batch_size(value: Any) -> int:
 
 @register_model("diffllm")
 class DiffLLM(LM):
-    """A diffusion LM (DiffuGPT, DiffuLLaMA or a checkpoint of this project's stages) for the harness."""
+    """A diffusion LM (DiffuGPT, DiffuLLaMA or a checkpoint of this project's stages) for the harness.
+
+    An unknown ``--model_args`` key is an error; ``max_batch_size`` (passed by the harness) is unused.
+    """
 
     def __init__(self, pretrained: str, base_model: str | None = None, adapters: str | None = None,
                  dtype: str = "auto", device: str | None = None, attn_implementation: str = "sdpa",
                  batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, sampling_steps: int = 64,
                  max_gen_toks: int = 128, logits_temp: float = 0.95, topp_temp: float = 0.9,
                  strategy: str = "random", greedy: bool = False, trust_remote_code: bool = False,
-                 **unused: Any) -> None:
+                 max_batch_size: int | None = None) -> None:
         super().__init__()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype not in _DTYPES:
