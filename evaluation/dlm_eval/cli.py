@@ -22,7 +22,14 @@ import torch
 from llamafactory.ddm import DiffusionInputError, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.ddm.checkpoints import resolve_checkpoint_dir
 from llamafactory.ddm.sampling import STRATEGIES
-from llamafactory.quickstart import _check_attention, _device, _dtype, parse_bool
+from llamafactory.runtime import (
+    ATTENTION_IMPLEMENTATIONS,
+    DTYPES,
+    check_attention_implementation,
+    parse_bool,
+    resolve_device,
+    resolve_dtype,
+)
 
 from .ar_engine import AutoregressiveEngine
 from .data import DataSource
@@ -33,8 +40,6 @@ from .tasks import TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
 
-_DTYPES = ("float32", "bfloat16", "float16")
-_ATTENTION = ("eager", "sdpa", "flash_attention_2")
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,10 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
         model.add_argument("--base_model_name", default=family.base_model_name,
                            help="base AR model, used only for its config/tokenizer when the checkpoint lacks them")
     model.add_argument("--adapter", action="append", default=[], help="PEFT LoRA adapter to merge (repeatable)")
-    model.add_argument("--flash_attn", "--attn_implementation", dest="attn_implementation", choices=_ATTENTION,
+    model.add_argument("--flash_attn", "--attn_implementation", dest="attn_implementation", choices=ATTENTION_IMPLEMENTATIONS,
                        default="sdpa", help="attention implementation")
     model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    model.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
+    model.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                        help="auto: bfloat16 on CUDA, else float32")
     model.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False,
                        help="allow a checkpoint's own Python code (off unless you trust it)")
@@ -148,9 +153,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def load_engine(family: Family, args: argparse.Namespace) -> Engine:
     """The model named by the flags, wrapped as the engine its family evaluates with."""
-    device = _device(args.device)
-    dtype = _dtype(args.dtype, device)
-    _check_attention(args.attn_implementation, device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    check_attention_implementation(args.attn_implementation, device)
     if family.kind == "diffusion":
         model, tokenizer = load_diffusion_lm(
             args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=dtype,

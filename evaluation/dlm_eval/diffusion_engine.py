@@ -2,9 +2,8 @@
 
 Scoring batches every (example, choice, noise level) row at once through ``score_continuations``.
 Filling batches requests of equal ``steps``; rows are right-padded with padding hidden from attention
-and held fixed, and each row samples from its own generator. Every batch of one group is padded to the
-group's widest row, because the random-keep strategy draws one number per column: with a fixed width
-a row's draws, hence its tokens, do not depend on the batch size.
+and held fixed, and each row samples from its own generator, so a row's tokens do not depend on the
+batch size or on what else is in its batch.
 """
 
 from __future__ import annotations
@@ -60,19 +59,19 @@ class DiffusionEngine:
                 config = SamplingConfig(steps=steps, temperature=decoding.temperature, top_p=decoding.top_p,
                                         greedy=decoding.greedy, strategy=decoding.strategy, shift=self.model.shift)
                 config.validate()
-                width = max(len(fitted[i][0]) + fitted[i][1] + len(fitted[i][2]) for i in members)
                 members = sorted(members, key=lambda i: len(fitted[i][0]) + fitted[i][1] + len(fitted[i][2]))
                 for start in range(0, len(members), self.batch_size):
                     chunk = members[start : start + self.batch_size]
                     rows = [fitted[i] for i in chunk]
                     seeds = [requests[i].seed for i in chunk]
-                    for i, hole in zip(chunk, self._fill_batch(rows, seeds, width, config, bar.update)):
+                    for i, hole in zip(chunk, self._fill_batch(rows, seeds, config, bar.update)):
                         holes[i] = hole
         return holes
 
-    def _fill_batch(self, rows, seeds: list[int], width: int, config: SamplingConfig, progress) -> list[list[int]]:
+    def _fill_batch(self, rows, seeds: list[int], config: SamplingConfig, progress) -> list[list[int]]:
         """Sample one padded batch of ``(prefix, length, suffix, cut)`` rows; returns each row's hole."""
         device = self.model.device
+        width = max(len(prefix) + length + len(suffix) for prefix, length, suffix, _ in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         given = torch.ones((len(rows), width), dtype=torch.bool)
         keep = torch.zeros((len(rows), width), dtype=torch.long)

@@ -28,13 +28,12 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from llamafactory.ddm import DiffusionInputError, load_diffusion_lm, sequence_nll
-from llamafactory.quickstart import _dtype
+from llamafactory.runtime import resolve_dtype
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest
 from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _batch_size(value: Any) -> int:
@@ -58,11 +57,9 @@ class DiffLLM(LM):
                  max_batch_size: int | None = None) -> None:
         super().__init__()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype not in _DTYPES:
-            raise DiffusionInputError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
         model, tokenizer = load_diffusion_lm(
             pretrained, base_model=base_model, adapters=[a for a in (adapters or "").split(":") if a],
-            dtype=_dtype(dtype, target),
+            dtype=resolve_dtype(dtype, target),
             attn_implementation=attn_implementation, device=target, trust_remote_code=trust_remote_code,
         )
         decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy)

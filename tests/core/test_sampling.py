@@ -165,3 +165,14 @@ def test_nucleus_fast_path_equals_full_sort_on_flat_and_peaked_rows():
     reference = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     assert torch.equal(fast, reference)
     assert sampling.NUCLEUS_FAST_K < fast[:4].sum(-1).min() and fast[4:].sum(-1).max() < sampling.NUCLEUS_FAST_K
+
+
+def test_padding_width_does_not_change_a_row(model):
+    ids, src = _prefixed([4], length=14)
+    wide = torch.cat([ids, torch.full((1, 6), 3)], dim=1)
+    wide_src = torch.cat([src, torch.ones(1, 6, dtype=torch.bool)], dim=1)
+    keep = torch.cat([torch.ones(1, 14), torch.zeros(1, 6)], dim=1).long()
+    config = SamplingConfig(steps=6)
+    narrow = sample(model, ids, MASK, config, src_mask=src, generator=_seeded([3])).tokens
+    padded = sample(lambda x: model(x, keep), wide, MASK, config, src_mask=wide_src, generator=_seeded([3])).tokens
+    assert torch.equal(narrow[0], padded[0, :14])

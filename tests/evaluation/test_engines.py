@@ -66,7 +66,10 @@ def test_scores_and_choices_do_not_depend_on_batch_size(random_diffugpt):
     settings = Settings(diffusion_steps=STEPS)
     one = evaluate_choices("mc", DiffusionEngine(model, tokenizer, batch_size=1), examples, settings)
     eight = evaluate_choices("mc", DiffusionEngine(model, tokenizer, batch_size=8), examples, settings)
-    assert one.examples == eight.examples
+    # the same choices; scores equal up to float summation order inside differently shaped matmuls
+    for a, b in zip(one.examples, eight.examples, strict=True):
+        assert {k: v for k, v in a.items() if k != "scores"} == {k: v for k, v in b.items() if k != "scores"}
+        assert a["scores"] == pytest.approx(b["scores"], rel=1e-6, abs=1e-6)
     assert one.metrics == eight.metrics
 
 

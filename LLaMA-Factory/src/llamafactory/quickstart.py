@@ -25,13 +25,17 @@ from llamafactory.ddm import (
     start_token_id,
 )
 from llamafactory.ddm.sampling import STRATEGIES
+from llamafactory.runtime import (
+    ATTENTION_IMPLEMENTATIONS,
+    DTYPES,
+    check_attention_implementation,
+    parse_bool,
+    resolve_device,
+    resolve_dtype,
+)
 
 logger = logging.getLogger("llamafactory.quickstart")
 
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ATTENTION = ("eager", "sdpa", "flash_attention_2")
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,6 @@ class Defaults:
 
 DIFFUGPT = Defaults("Sample from a DiffuGPT checkpoint.", "diffusionfamily/diffugpt-s", 0.95, "gpt2")
 DIFFULLAMA = Defaults("Sample from a DiffuLLaMA checkpoint.", "diffusionfamily/diffullama", 0.9)
-
-
-def parse_bool(text: str) -> bool:
-    """``true/false/1/0/yes/no`` -> bool (argparse's ``type=bool`` would make ``"False"`` true)."""
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
 def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
@@ -76,9 +70,9 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
                         help="argmax instead of sampling")
     parser.add_argument("--verbose", type=parse_bool, nargs="?", const=True, default=False,
                         help="print the sequence after every step")
-    parser.add_argument("--flash_attn", choices=_ATTENTION, default="sdpa", help="attention implementation")
+    parser.add_argument("--flash_attn", choices=ATTENTION_IMPLEMENTATIONS, default="sdpa", help="attention implementation")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", *_DTYPES), default="auto",
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                         help="auto: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--prompt", default="Today is a wonderful day,", help="prefix for the conditional sample")
@@ -86,31 +80,6 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
                         help="sequence length (default: the checkpoint's task_specific_params max_length)")
     parser.add_argument("--num_samples", type=int, default=1, help="samples of each kind")
     return parser
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise DiffusionInputError("--device cuda was requested but no CUDA device is available")
-    return torch.device(choice)
-
-
-def _dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[choice]
-
-
-def _check_attention(choice: str, device: torch.device) -> None:
-    if choice != "flash_attention_2":
-        return
-    from transformers.utils import is_flash_attn_2_available
-
-    if device.type != "cuda" or not is_flash_attn_2_available():
-        raise DiffusionInputError(
-            "--flash_attn flash_attention_2 needs a CUDA device and the flash-attn package; use sdpa or eager"
-        )
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -144,10 +113,10 @@ def model_text(tokenizer, ids: list[int]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     _validate(args)
-    device = _device(args.device)
-    _check_attention(args.flash_attn, device)
+    device = resolve_device(args.device)
+    check_attention_implementation(args.flash_attn, device)
     model, tokenizer = load_diffusion_lm(
-        args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=_dtype(args.dtype, device),
+        args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=resolve_dtype(args.dtype, device),
         attn_implementation=args.flash_attn, device=device, shift=args.shift,
     )
     args.tokenizer = tokenizer

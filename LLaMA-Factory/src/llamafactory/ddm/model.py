@@ -14,6 +14,10 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .tokens import SpecialTokens
 
 
+# Config keys of architectures whose logits are transformed after the output head.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
 def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
     """A config and its text sub-config, when it has one (multimodal wrappers)."""
     text_config = getattr(config, "text_config", None)
@@ -79,6 +83,24 @@ class DiffusionLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def causal_lm(self) -> PreTrainedModel:
+        """The underlying transformers model (inside a peft wrapper, if any)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def has_plain_head(self) -> bool:
+        """Whether logits are exactly ``output_head(hidden_states)`` (no scaling or soft-capping after it)."""
+        config = self.causal_lm().config
+        return not any(getattr(config, key, None) for key in _LOGIT_TRANSFORMS)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states ``[batch, length, hidden]``, before the output head; for inference only
+        (it bypasses the top-level forward that distributed training wrappers hook)."""
+        body = self.causal_lm().base_model
+        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def output_head(self) -> nn.Module:
+        return self.causal_lm().get_output_embeddings()
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits where row ``i`` predicts token ``i`` (the shift undone), for sampling and scoring."""

@@ -25,14 +25,15 @@ Strategy = Callable[
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _row_rand(shape: tuple[int, ...], generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
-    """Uniform draws ``[B, *shape]``, row ``b`` from ``generators[b]``."""
-    return torch.stack([torch.rand(shape, device=device, generator=g) for g in generators])
-
-
 def random_keep(masked, confidence, steps_left, total, n_maskable, generators) -> torch.Tensor:
-    """Fix each still-masked position with probability ``1 / (t + 1)`` (the quick-start default)."""
-    draws = _row_rand(tuple(masked.shape[1:]), generators, masked.device)
+    """Fix each still-masked position with probability ``1 / (t + 1)`` (the quick-start default).
+
+    Each row draws only for its own masked positions, so padding or batch width never changes a row.
+    """
+    draws = torch.ones(masked.shape, device=masked.device)
+    for b, generator in enumerate(generators):
+        (columns,) = masked[b].nonzero(as_tuple=True)
+        draws[b, columns] = torch.rand(columns.numel(), device=masked.device, generator=generator)
     return masked & (draws < 1.0 / (steps_left + 1))
 
 

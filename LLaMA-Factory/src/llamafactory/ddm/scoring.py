@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from .errors import DiffusionInputError
 from .model import DiffusionLM
@@ -37,6 +38,19 @@ def level_masks(n: int, steps: int, seed: int) -> list[list[int]]:
     return masks
 
 
+def _masked_losses(model: DiffusionLM, ids: torch.Tensor, attention: torch.Tensor | None, rows: torch.Tensor,
+                   positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (float32) at each masked ``(rows, positions)``; the head runs on those positions only."""
+    source = positions - 1 if model.shift else positions
+    if model.has_plain_head():
+        hidden = model.hidden_states(ids, attention)[rows, source]  # [N, hidden]
+        logits = model.output_head()(hidden)
+    else:
+        logits = model(ids, attention)[rows, source]
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+@torch.no_grad()
 def _score_rows(
     model: DiffusionLM,
     rows: list[_Row],
@@ -46,31 +60,27 @@ def _score_rows(
     progress: Callable[[int], None] | None,
 ) -> list[float]:
     """Mean masked cross-entropy of each row, in micro-batches of similar length."""
-    results = [0.0] * len(rows)
+    device = model.device
+    results = torch.zeros(len(rows), dtype=torch.float64)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(rows[i].ids) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        keep = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for b, i in enumerate(chunk):
-            row = rows[i]
-            ids[b, : len(row.ids)] = torch.tensor(row.ids)
-            keep[b, : len(row.ids)] = 1
-            positions = torch.tensor(row.masked)
-            targets[b, positions] = ids[b, positions]
-            ids[b, positions] = model.mask_id
-        attention = None if bool(keep.all()) else keep.to(model.device)
-        with torch.no_grad():
-            logits = model.token_logits(ids.to(model.device), attention).float()
-        losses = F.cross_entropy(logits.transpose(1, 2), targets.to(model.device), reduction="none")
-        counts = (targets != -100).sum(dim=1).clamp(min=1).to(losses.device)
-        for b, i in enumerate(chunk):
-            results[i] = float(losses[b].sum() / counts[b])
+        lengths = torch.tensor([len(rows[i].ids) for i in chunk])
+        ids = pad_sequence([torch.tensor(rows[i].ids) for i in chunk], batch_first=True, padding_value=pad_id)
+        keep = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        counts = torch.tensor([len(rows[i].masked) for i in chunk])
+        batch_rows = torch.repeat_interleave(torch.arange(len(chunk)), counts)
+        positions = torch.tensor([p for i in chunk for p in rows[i].masked])
+        targets = ids[batch_rows, positions].clone()
+        ids[batch_rows, positions] = model.mask_id
+        attention = None if bool(keep.all()) else keep.long().to(device)
+        losses = _masked_losses(model, ids.to(device), attention, batch_rows.to(device), positions.to(device),
+                                targets.to(device))
+        sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch_rows, losses.double().cpu())
+        results[torch.tensor(chunk)] = sums / counts.clamp(min=1)
         if progress is not None:
             progress(len(chunk))
-    return results
+    return results.tolist()
 
 
 def score_continuations(
