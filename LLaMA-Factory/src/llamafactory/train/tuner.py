@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ..hparams import TrainingArguments, get_train_args
@@ -37,4 +38,13 @@ def run_exp(args: dict[str, Any] | list[str] | None = None, callbacks: list[Trai
     check_run_inputs(model_args, data_args, training_args)
     logger.info("stage %s, output_dir %s", finetuning_args.stage, training_args.output_dir)
     workflow = WORKFLOWS[finetuning_args.stage]
-    workflow(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    try:
+        workflow(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed before exit: a process leaving with live gloo/DeepSpeed threads can abort."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
