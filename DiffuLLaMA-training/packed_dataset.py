@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llamafactory.ddm.checkpoints import apply_default_permissions
+
 HEADER_MAGIC = b"LITPKDS"
 HEADER_VERSION = 1
 HEADER_SIZE = 24
@@ -168,6 +170,7 @@ def _write_atomically(target: Path, payload: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
+        apply_default_permissions(Path(staging))
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

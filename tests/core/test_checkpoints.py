@@ -1,6 +1,8 @@
 """The three released layouts load, match a plain transformers forward, and save back the same way."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,18 @@ def test_save_round_trip_keeps_logits(released, tmp_path, name, layout):
     assert again.config.task_specific_params["text-generation"]["max_length"] == 16
     if layout == "wrapper":
         assert "lm_head.weight" not in load_file(target / "model.safetensors")
+
+
+def test_saved_checkpoint_is_readable_by_the_group_as_a_plain_write_would_be(released, tmp_path):
+    """Staging in a temporary folder must not leave the checkpoint owner-only (0700 / 0600) on shared clusters."""
+    model, tokenizer = load_diffusion_lm(released["diffugpt-s"][0])
+    previous = os.umask(0o022)
+    try:
+        target = save_diffusion_checkpoint(model.model, tmp_path / "shared", layout="wrapper", tokenizer=tokenizer)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in target.iterdir()} == {0o644}
 
 
 def test_failed_save_leaves_the_previous_checkpoint_intact(released, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llamafactory.data import FramingTokens, get_template
-from llamafactory.data.processors import ddm_sft_batch
+from llamafactory.data.processors import IGNORE_INDEX, ddm_sft_batch, supervised_batch
 from llamafactory.ddm import DiffusionLM, SpecialTokens
 from tests.e2e.conftest import pipeline_module
 
@@ -18,15 +18,30 @@ def tiny_model(pipeline_tokenizer):
     return init.tiny_gpt2(pipeline_tokenizer, n_embd=32, n_layer=2, n_head=2, n_positions=64, seed=0).eval()
 
 
-def test_sft_examples_match_the_ddm_sft_stage_layout(compare, pipeline_tokenizer):
-    tok = pipeline_tokenizer
-    row = {"prompt": "reverse a b c d", "response": "d c b a"}
-    example = compare.Encoder(tok).reverse_as_sft(row, 24)
+ROW = {"prompt": "reverse a b c d gives", "response": "d c b a"}
+
+
+def stage_batch(tokenizer, process, **options):
+    """``ROW`` as the training stages tokenise it (llamafactory.data.processors)."""
+    tok = tokenizer
     framing = FramingTokens(bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id, sep=tok.sep_token_id)
-    stage = ddm_sft_batch({"prompt": [row["prompt"]], "response": [row["response"]], "system": [""]},
-                          tokenizer=tok, tokens=framing, cutoff_len=24, template=get_template("empty"))
+    batch = {"prompt": [ROW["prompt"]], "response": [ROW["response"]], "system": [""]}
+    return process(batch, tokenizer=tok, tokens=framing, cutoff_len=24, template=get_template("empty"), **options)
+
+
+def test_sft_examples_match_the_ddm_sft_stage_layout(compare, pipeline_tokenizer):
+    example = compare.Encoder(pipeline_tokenizer).reverse_as_sft(ROW, 24)
+    stage = stage_batch(pipeline_tokenizer, ddm_sft_batch)
     assert list(example.before + example.target) == stage["input_ids"][0]
     assert len(example.before) == sum(stage["src_mask"][0])
+
+
+def test_ar_sft_examples_match_the_sft_stage_layout(compare, pipeline_tokenizer):
+    example = compare.Encoder(pipeline_tokenizer).reverse_as_ar_sft(ROW)
+    stage = stage_batch(pipeline_tokenizer, supervised_batch, train_on_prompt=False)
+    assert list(example.before + example.target) == stage["input_ids"][0]
+    assert stage["labels"][0][: len(example.before)] == [IGNORE_INDEX] * len(example.before)
+    assert stage["labels"][0][len(example.before) :] == list(example.target)
 
 
 def test_infill_examples_are_records_between_end_of_text_tokens(compare, pipeline_tokenizer, synthetic):

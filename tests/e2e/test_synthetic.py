@@ -61,15 +61,17 @@ def test_reversal_examples(synthetic):
         assert low <= len(sequence.split()) <= high
 
 
-def test_written_dataset_keeps_test_reversals_out_of_training(tiny_data):
+def test_written_dataset_keeps_test_reversals_out_of_training(synthetic, tiny_data):
     trained = {row["prompt"] for row in read_jsonl(tiny_data / "tiny_reverse.jsonl")}
     trained |= {
-        "reverse " + row["text"].split(" gives ")[0].removeprefix("reverse ")
+        row["text"].split(" gives ")[0] + " gives"
         for row in read_jsonl(tiny_data / "tiny_corpus.jsonl") if row["text"].startswith("reverse ")
     }
     tests = read_jsonl(tiny_data / "test_reverse.jsonl")
     assert len(tests) == 30
+    assert all(row["prompt"].startswith("reverse ") and row["prompt"].endswith(" gives") for row in tests)
     assert not trained & {row["prompt"] for row in tests}
+    assert synthetic.reversed_sequence_of(tests[0]["prompt"]).split()[::-1] == tests[0]["response"].split()
 
 
 def test_registry_is_accepted_by_the_training_stages(tiny_data, tmp_path):

@@ -7,8 +7,10 @@ from llamafactory.ddm import resolve_special_tokens
 
 
 def test_special_tokens_are_distinct_and_resolved_by_the_core(pipeline_tokenizer):
+    """One end-of-text token serves as bos and eos (GPT-2 style); every other special token is distinct."""
     tok = pipeline_tokenizer
-    ids = [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id]
+    assert tok.bos_token_id == tok.eos_token_id
+    ids = [tok.eos_token_id, tok.pad_token_id, tok.sep_token_id, tok.mask_token_id, tok.unk_token_id]
     assert None not in ids and len(set(ids)) == len(ids)
     special = resolve_special_tokens(tok, "gpt2", len(tok))
     assert (special.mask_id, special.pad_id, special.sep_id) == (tok.mask_token_id, tok.pad_token_id, tok.sep_token_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 import struct
 
 import numpy as np
@@ -44,6 +46,16 @@ def test_writer_then_reader_returns_every_token_in_order(tmp_path):
     assert stream[: len(flat)].tolist() == flat
     assert (stream[len(flat) :] == 65000).all() and len(stream) == 5 * 16  # tail filled with the separator
     assert read_header(files[0]).dtype == np.uint16 and read_header(files[0]).chunk_size == 16
+
+
+def test_written_files_get_the_permissions_of_a_plain_write(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with PackedWriter(tmp_path, "perm", chunk_size=8, sep_id=0) as writer:
+            writer.add(list(range(20)))
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in packed_files(tmp_path, "perm")} == {0o644}
 
 
 def test_reader_accepts_a_file_written_by_an_independent_implementation(tmp_path):

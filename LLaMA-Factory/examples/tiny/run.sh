@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole DiffuGPT recipe in miniature, on CPU, offline:
-#   synthetic corpus -> BPE tokenizer -> random tiny GPT-2 -> pt (AR) -> ddm (adaptation) -> ddm-sft (reversal)
-#   -> AR vs diffusion evaluation + loss plots (example_output/) -> export in the DiffuGPT Hub layout (assets/)
+#   synthetic corpus -> BPE tokenizer -> random tiny GPT-2 -> pt (AR) -> sft (AR baseline on reversal)
+#   -> ddm (adaptation of the pt model) -> ddm-sft (reversal) -> AR vs diffusion evaluation + loss plots (example_output/) -> export in the DiffuGPT Hub layout (assets/)
 #
-#   cd LLaMA-Factory && bash examples/tiny/run.sh          # full run, about 10 minutes on 2 CPU cores
+#   cd LLaMA-Factory && bash examples/tiny/run.sh          # full run, about 8 minutes on 2 CPU cores
 #   TINY_QUICK=1 bash examples/tiny/run.sh                 # shortened version (CI); writes only under TINY_WORK
 #
 # Environment (all optional):
@@ -19,17 +19,21 @@ export WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SEED=${TINY_SEED:-0}
 WORK=${TINY_WORK:-output/tiny-pipeline}
 PIPELINE=examples/tiny/pipeline
-SFT_LENGTH=24  # cutoff_len of ddm-sft: "<s> reverse + 6 letters <sep> 6 letters </s>" and padding
+SFT_LENGTH=24  # cutoff_len of sft and ddm-sft: bos, "reverse", 6 letters, "gives", sep, 6 letters, eos, padding
 if [[ "${TINY_QUICK:-0}" == 1 ]]; then
   OUTPUT=${TINY_OUTPUT:-$WORK/example_output}
   ASSET=${TINY_ASSET:-$WORK/diffugpt-tiny}
   CORPUS=(--corpus-size 3000 --sft-size 600 --test-size 30)
-  PT_STEPS=30 DDM_STEPS=40 ANNEAL=10 SFT_STEPS=30 EVAL_STEPS=1,n
-else
+  PT_KEYS=(max_steps=30 logging_steps=5)
+  DDM_KEYS=(max_steps=40 anneal_steps=10 logging_steps=5)
+  SFT_KEYS=(max_steps=30 logging_steps=5)
+  AR_SFT_KEYS=(max_steps=30 logging_steps=5)
+  EVAL_STEPS=1,n
+else  # the step counts of the configs
   OUTPUT=${TINY_OUTPUT:-../example_output}
   ASSET=${TINY_ASSET:-../assets/diffugpt-tiny}
-  CORPUS=()
-  PT_STEPS=400 DDM_STEPS=600 ANNEAL=100 SFT_STEPS=300 EVAL_STEPS=1,4,16,n
+  CORPUS=() PT_KEYS=() AR_SFT_KEYS=() DDM_KEYS=() SFT_KEYS=()
+  EVAL_STEPS=1,4,16,n
 fi
 
 stage() {  # stage NAME COMMAND...: run one step and report its wall time
@@ -47,13 +51,15 @@ train() {  # train CONFIG OUTPUT_NAME [key=value ...]
     seed="$SEED" "$@"
 }
 
-quick_start() {  # the README's first command on the exported model, then with a prompt from the corpus
-  local command=(python ../inf_diffugpt.py --model_name "$ASSET" --seed "$SEED" --device cpu)
+quick_start() {  # the README's first command on the exported model, run from the repository root, then with a corpus prompt
+  local asset
+  asset=$(python -c 'import os, sys; print(os.path.relpath(sys.argv[1], ".."))' "$ASSET")
+  local command=(python inf_diffugpt.py --model_name "$asset")
   {
     echo "\$ ${command[*]}"
-    "${command[@]}"
+    (cd .. && "${command[@]}")
     echo "\$ ${command[*]} --prompt 'the capital of'"
-    "${command[@]}" --prompt "the capital of"
+    (cd .. && "${command[@]}" --prompt "the capital of")
   } 2>&1 | tee >(sed -u 's/.*\r//' > "$OUTPUT/inf_diffugpt.log")
 }
 
@@ -61,14 +67,15 @@ pipeline() {
   stage "synthetic corpus" python "$PIPELINE/synthetic.py" --out "$WORK/data" --seed "$SEED" "${CORPUS[@]}"
   stage "tokenizer" python "$PIPELINE/train_tokenizer.py" --corpus "$WORK/data/tiny_corpus.jsonl" --out "$WORK/tokenizer"
   stage "initial model" python "$PIPELINE/init_model.py" --tokenizer "$WORK/tokenizer" --out "$WORK/init" --seed "$SEED"
-  stage "pt" train pt pt model_name_or_path="$WORK/init" max_steps="$PT_STEPS"
-  stage "ddm" train ddm ddm model_name_or_path="$WORK/pt" max_steps="$DDM_STEPS" anneal_steps="$ANNEAL"
+  stage "pt" train pt pt model_name_or_path="$WORK/init" "${PT_KEYS[@]}"
+  stage "sft (AR baseline)" train sft sft model_name_or_path="$WORK/pt" cutoff_len="$SFT_LENGTH" "${AR_SFT_KEYS[@]}"
+  stage "ddm" train ddm ddm model_name_or_path="$WORK/pt" "${DDM_KEYS[@]}"
   stage "ddm-sft" train ddm_sft ddm-sft model_name_or_path="$WORK/pt" checkpoint_dir="$WORK/ddm" \
-    max_steps="$SFT_STEPS" cutoff_len="$SFT_LENGTH"
-  stage "evaluation" python "$PIPELINE/compare.py" --data "$WORK/data" --ar "$WORK/pt" --diffusion "$WORK/ddm" \
+    cutoff_len="$SFT_LENGTH" "${SFT_KEYS[@]}"
+  stage "evaluation" python "$PIPELINE/compare.py" --data "$WORK/data" --ar "$WORK/pt" --ar-sft "$WORK/sft" --diffusion "$WORK/ddm" \
     --sft "$WORK/ddm-sft" --sft-length "$SFT_LENGTH" --steps "$EVAL_STEPS" --out "$OUTPUT"
-  stage "loss plots" python "$PIPELINE/plots.py" --stage pt="$WORK/pt" --stage ddm="$WORK/ddm" \
-    --stage ddm-sft="$WORK/ddm-sft" --out "$OUTPUT"
+  stage "loss plots" python "$PIPELINE/plots.py" --stage pt="$WORK/pt" --stage sft="$WORK/sft" \
+    --stage ddm="$WORK/ddm" --stage ddm-sft="$WORK/ddm-sft" --out "$OUTPUT"
   stage "export" python "$PIPELINE/export.py" --checkpoint "$WORK/ddm" --out "$ASSET"
   if [[ -f ../inf_diffugpt.py ]]; then
     stage "quick start" quick_start

@@ -29,6 +29,7 @@ from llamafactory.ddm import DiffusionLM, SamplingConfig, load_diffusion_lm, sam
 logger = logging.getLogger(__name__)
 
 AR_NAME = "AR (pt)"
+AR_SFT_NAME = "AR (sft)"
 DDM_NAME = "diffusion (ddm)"
 SFT_NAME = "diffusion (ddm-sft)"
 TASKS = {"infill": "(a) infilling", "complete": "(b) completion", "reverse": "(c) reversal"}
@@ -68,12 +69,16 @@ class Encoder:
         return Example(row["kind"], (self.tokenizer.eos_token_id, *self.ids(row["prefix"])), self.ids(row["target"]))
 
     def reverse_as_text(self, row: dict[str, str]) -> Example:
-        """The reversal in the corpus's own wording ("reverse k q z gives"), for the pre-trained models."""
-        before = (self.tokenizer.eos_token_id, *self.ids(row["prompt"] + " gives"))
-        return Example("reverse", before, self.ids(row["response"]))
+        """The reversal as a corpus record ("reverse k q z gives"), for the pre-trained models."""
+        return Example("reverse", (self.tokenizer.eos_token_id, *self.ids(row["prompt"])), self.ids(row["response"]))
+
+    def reverse_as_ar_sft(self, row: dict[str, str]) -> Example:
+        """The sft layout ``<bos> prompt response <eos>``: the answer must end with ``<eos>``."""
+        tok = self.tokenizer
+        return Example("reverse", (tok.bos_token_id, *self.ids(row["prompt"])), (*self.ids(row["response"]), tok.eos_token_id))
 
     def reverse_as_sft(self, row: dict[str, str], length: int) -> Example:
-        """The ddm-sft layout ``<s> prompt <sep> response </s> <pad>...`` of ``length`` tokens."""
+        """The ddm-sft layout ``<bos> prompt <sep> response <eos> <pad>...`` of ``length`` tokens."""
         tok = self.tokenizer
         before = (tok.bos_token_id, *self.ids(row["prompt"]), tok.sep_token_id)
         target = (*self.ids(row["response"]), tok.eos_token_id)
@@ -205,6 +210,9 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
     ar_decoding = "greedy, prefix only"
     for task, examples in sets.items():
         run(AR_NAME, ar_decoding, ar_generate(ar_model), task, examples)
+    if args.ar_sft is not None:
+        tuned_ar = AutoModelForCausalLM.from_pretrained(args.ar_sft).eval()
+        run(AR_SFT_NAME, "greedy", ar_generate(tuned_ar), "reverse", [encoder.reverse_as_ar_sft(r) for r in rows["reverse"]])
     diffusion, _ = load_diffusion_lm(args.diffusion, device="cpu")
     for steps in args.steps:
         for task, examples in sets.items():
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with test_infill/complete/reverse.jsonl")
     parser.add_argument("--ar", type=Path, required=True, help="the AR checkpoint (output of stage pt)")
+    parser.add_argument("--ar-sft", type=Path, help="the AR model fine-tuned on reversal (output of stage sft)")
     parser.add_argument("--diffusion", type=Path, required=True, help="the adapted checkpoint (output of stage ddm)")
     parser.add_argument("--sft", type=Path, help="the fine-tuned checkpoint (output of stage ddm-sft)")
     parser.add_argument("--sft-length", type=int, default=24, help="cutoff_len of the ddm-sft stage (default 24)")

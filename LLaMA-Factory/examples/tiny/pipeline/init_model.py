@@ -18,15 +18,20 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 logger = logging.getLogger(__name__)
 
 
-def tiny_gpt2(tokenizer, n_embd: int, n_layer: int, n_head: int, n_positions: int, seed: int) -> GPT2LMHeadModel:
-    """A GPT-2 over ``tokenizer``'s vocabulary, its special ids recorded in the config."""
+def tiny_gpt2(
+    tokenizer, n_embd: int, n_layer: int, n_head: int, n_positions: int, seed: int, dropout: float = 0.0
+) -> GPT2LMHeadModel:
+    """A GPT-2 over ``tokenizer``'s vocabulary, its special ids recorded in the config.
+
+    Dropout is off by default: at this size and budget it only slows down learning the corpus's rules.
+    """
     if n_embd % n_head:
         raise SystemExit(f"--n-embd {n_embd} must be a multiple of --n-head {n_head}")
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
     )
     return GPT2LMHeadModel(config)
 
@@ -39,11 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-layer", type=int, default=4, help="transformer blocks (default 4)")
     parser.add_argument("--n-head", type=int, default=4, help="attention heads (default 4)")
     parser.add_argument("--n-positions", type=int, default=128, help="position table size (default 128)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout of every layer (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    model = tiny_gpt2(tokenizer, args.n_embd, args.n_layer, args.n_head, args.n_positions, args.seed)
+    model = tiny_gpt2(tokenizer, args.n_embd, args.n_layer, args.n_head, args.n_positions, args.seed,
+                      args.dropout)
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)
     logger.info("wrote a %.2fM-parameter GPT-2 to %s", model.num_parameters() / 1e6, args.out)

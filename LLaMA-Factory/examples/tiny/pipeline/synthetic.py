@@ -4,7 +4,7 @@ Every record is one short line of text built from a small closed vocabulary:
 
 * ``fact``    "the capital of france is paris ." — a fixed lookup table, stated in one direction only;
 * ``echo``    "tom keeps red boxes and the boxes are red ." — the first colour/thing pair is repeated;
-* ``sum``     "3 plus 4 is 7 ." — one-digit addition;
+* ``sum``     "3 plus 4 is 7 ." — addition with a one-digit sum;
 * ``reverse`` "reverse k q z gives z q k ." — a letter sequence and its reversal;
 * ``plain``   templated sentences with random fillers, so unconditional samples read like prose.
 
@@ -12,7 +12,7 @@ Every record is one short line of text built from a small closed vocabulary:
 (the country is fixed by its capital, the colour by its repetition, the second addend by the sum): a
 left-to-right model that sees only the prefix can at best guess it, a diffusion model that sees both
 sides can infer it. The same records cut before their last field test plain prefix completion, and
-``reverse`` is the supervised task of the ``ddm-sft`` stage.
+``reverse`` is the supervised task of the ``ddm-sft`` stage (and of its AR baseline, stage ``sft``).
 
     python synthetic.py --out output/tiny/data --seed 0
 """
@@ -82,7 +82,9 @@ def echo(rng: random.Random) -> Record:
 
 
 def addition(rng: random.Random) -> Record:
-    a, b = rng.randrange(10), rng.randrange(10)
+    """One-digit sums: ``a + b <= 9``, so every number is one token (``a < 9`` leaves ``b`` open)."""
+    a = rng.randrange(9)
+    b = rng.randrange(10 - a)
     return Record("sum", f"{a} plus", str(b), f"is {a + b} .")
 
 
@@ -139,14 +141,22 @@ def completions(records: Iterable[Record]) -> list[Completion]:
 
 
 def reverse_examples(count: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict[str, str]]:
-    """``{"prompt": "reverse k q z", "response": "z q k"}`` pairs whose sequence is not in ``exclude``."""
+    """``{"prompt": "reverse k q z gives", "response": "z q k"}`` pairs whose sequence is not in ``exclude``.
+
+    The prompt keeps the corpus's wording, so that an AR model fine-tuned on it knows where it ends.
+    """
     rng = random.Random(seed)
     examples: list[dict[str, str]] = []
     while len(examples) < count:
         sequence, reversed_sequence = reverse_pair(rng)
         if sequence not in exclude:
-            examples.append({"prompt": f"reverse {sequence}", "response": reversed_sequence})
+            examples.append({"prompt": f"reverse {sequence} gives", "response": reversed_sequence})
     return examples
+
+
+def reversed_sequence_of(prompt: str) -> str:
+    """The letters of a reversal prompt: ``"reverse k q z gives"`` -> ``"k q z"``."""
+    return prompt.removeprefix("reverse ").removesuffix(" gives")
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
@@ -167,7 +177,7 @@ def write_dataset(out: Path, seed: int, corpus_size: int, sft_size: int, test_si
     corpus = corpus_records(corpus_size, seed)
     sft = reverse_examples(sft_size, seed + 1)
     seen = frozenset(" ".join(reversed(r.middle.split())) for r in corpus if r.kind == "reverse")
-    seen |= frozenset(example["prompt"].removeprefix("reverse ") for example in sft)
+    seen |= frozenset(reversed_sequence_of(example["prompt"]) for example in sft)
     tests = infill_records(test_size, seed + 2)
     counts = {
         "tiny_corpus": _write_jsonl(out / "tiny_corpus.jsonl", ({"text": r.text} for r in corpus)),

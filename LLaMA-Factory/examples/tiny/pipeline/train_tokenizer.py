@@ -1,8 +1,10 @@
 """Train the byte-level BPE tokenizer of the tiny pipeline on its synthetic corpus.
 
-The tokenizer carries every special token the stages need — ``<s>`` (bos), ``</s>`` (eos), ``<pad>``,
-``<sep>`` (between prompt and response in ``ddm-sft``), ``<mask>`` (the absorbing diffusion state) and
-``<unk>`` — and is saved as a ``PreTrainedTokenizerFast`` folder that ``AutoTokenizer`` loads offline.
+The tokenizer carries every special token the stages need — ``<|endoftext|>`` (bos and eos, as in GPT-2:
+the packed pre-training stream separates records with it, so a sequence that starts with it starts a
+record), ``<pad>``, ``<sep>`` (between prompt and response in ``ddm-sft``), ``<mask>`` (the absorbing
+diffusion state) and ``<unk>`` — and is saved as a ``PreTrainedTokenizerFast`` folder that
+``AutoTokenizer`` loads offline.
 
     python train_tokenizer.py --corpus output/tiny/data/tiny_corpus.jsonl --out output/tiny/tokenizer
 """
@@ -20,8 +22,8 @@ from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                  "sep_token": "<sep>", "mask_token": "<mask>"}
+SPECIAL_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
+                  "pad_token": "<pad>", "sep_token": "<sep>", "mask_token": "<mask>"}
 
 
 def corpus_lines(path: Path) -> Iterator[str]:
@@ -36,13 +38,13 @@ def corpus_lines(path: Path) -> Iterator[str]:
 
 
 def train_tokenizer(lines: Iterator[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE over ``lines`` with the special tokens above (no automatic bos/eos)."""
+    """A byte-level BPE over ``lines`` with the special tokens above (none is added automatically)."""
     bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=list(dict.fromkeys(SPECIAL_TOKENS.values())),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -294,6 +294,21 @@ def generation_length(config: PretrainedConfig, default: int = 512) -> int:
     return min(length, int(limit)) if limit else length
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_default_permissions(path: Path) -> None:
+    """Give a staged file or folder (tree) the permissions a plain write would: temp files are owner-only."""
+    mask = current_umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def _replace_directory(staging: Path, target: Path) -> None:
     """Move a fully written directory into place; an existing target is swapped out, then removed."""
     backup = None
@@ -343,6 +358,7 @@ def save_diffusion_checkpoint(
                                   state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        apply_default_permissions(staging)
         _replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

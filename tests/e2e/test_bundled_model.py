@@ -1,0 +1,60 @@
+"""The bundled default model (assets/diffugpt-tiny, written by examples/tiny/run.sh): it loads offline in
+the DiffuGPT Hub layout, samples text made of the corpus's words with no mask token left, and infills
+held-out records as well as example_output/results.json reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llamafactory.ddm import SamplingConfig, detect_layout, load_diffusion_lm, sample
+from tests.e2e.conftest import BUNDLED_MODEL, REPO
+
+pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_dir(), reason="no bundled model: run examples/tiny/run.sh")
+
+RESULTS = REPO / "example_output" / "results.json"
+PIPELINE_SEED = 0  # run.sh's default TINY_SEED, which produced the bundled model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_diffusion_lm(BUNDLED_MODEL)
+
+
+def test_layout_size_and_config(bundled):
+    model, tokenizer = bundled
+    assert detect_layout(BUNDLED_MODEL) == "wrapper"
+    assert sum(f.stat().st_size for f in BUNDLED_MODEL.iterdir()) <= 10 * 2**20
+    assert model.config.is_causal is False
+    assert model.mask_id == tokenizer.mask_token_id
+
+
+def test_samples_are_corpus_text_without_mask_tokens(bundled, synthetic):
+    model, tokenizer = bundled
+    vocabulary = {word for record in synthetic.corpus_records(3000, seed=1) for word in record.text.split()}
+    ids = torch.full((4, 48), model.mask_id)
+    ids[:, 0] = tokenizer.bos_token_id
+    config = SamplingConfig(steps=48, temperature=0.95, top_p=0.9)
+    generators = [torch.Generator().manual_seed(row) for row in range(4)]
+    tokens = sample(model, ids, model.mask_id, config, generator=generators).tokens
+    assert not (tokens == model.mask_id).any()
+    words = [word for row in tokens.tolist() for word in tokenizer.decode(row, skip_special_tokens=True).split()]
+    known = sum(word in vocabulary for word in words) / len(words)
+    assert known >= 0.9, f"only {known:.0%} of the sampled words are corpus words"
+
+
+def test_infilling_reproduces_the_reported_accuracy(bundled, synthetic, compare):
+    model, tokenizer = bundled
+    reported = json.loads(RESULTS.read_text())
+    test_set = synthetic.infill_records(300, seed=PIPELINE_SEED + 2)  # as synthetic.write_dataset draws it
+    encoder = compare.Encoder(tokenizer)
+    examples = [encoder.infill({"kind": r.kind, "prefix": r.prefix, "middle": r.middle, "suffix": r.suffix})
+                for r in test_set]
+    generate = compare.diffusion_generate(model, None, "topk")
+    hits, _ = compare.exact_match(generate, examples, tokenizer.eos_token_id, 128, "infill")
+    accuracy = compare.percent(hits)
+    assert abs(accuracy - reported["diffusion (ddm) | T = n tokens"]["infill"]) <= 3
+    assert accuracy >= 50
+    assert accuracy >= 2 * reported["AR (pt) | greedy, prefix only"]["infill"]
