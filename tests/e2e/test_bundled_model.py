@@ -5,6 +5,9 @@ held-out records as well as example_output/results.json reports."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,3 +61,15 @@ def test_infilling_reproduces_the_reported_accuracy(bundled, synthetic, compare)
     assert abs(accuracy - reported["diffusion (ddm) | T = n tokens"]["infill"]) <= 3
     assert accuracy >= 50
     assert accuracy >= 2 * reported["AR (pt) | greedy, prefix only"]["infill"]
+
+
+def test_readme_quick_start_command_runs_offline_and_prints_both_samples():
+    """``python inf_diffugpt.py --model_name assets/diffugpt-tiny``, as the README's first command (that no
+    mask token is left is checked on the sampler's ids above: the script's text drops special tokens)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "inf_diffugpt.py", "--model_name", "assets/diffugpt-tiny", "--device", "cpu"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Unconditional generation" in result.stdout and "Prefix generation" in result.stdout
+    samples = result.stdout.split("Unconditional generation", 1)[1]
+    assert len(samples.split()) > 40

@@ -154,3 +154,20 @@ def test_bad_input_fails_clearly_and_overwrites_nothing(tiny_models, datasets_ca
     with pytest.raises(DiffusionInputError, match=message):
         run_exp(config)
     assert _snapshot(output) == before
+
+
+def test_diffusion_weights_under_zero3_fail_before_loading(tiny_models, datasets_cache, tmp_path):
+    """checkpoint_dir is copied into a built model; ZeRO-3 partitions the model while building it."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .conftest import EXAMPLES
+
+    config = tiny_config("gpt2_ddm.yaml", tiny_models, tmp_path / "out", datasets_cache, do_eval=False, val_size=0,
+                         deepspeed=str(EXAMPLES / "deepspeed" / "ds_z3_config.json"),
+                         checkpoint_dir=str(tiny_models / "gpt2"))
+    try:
+        with pytest.raises(DiffusionInputError, match="checkpoint_dir .* cannot be loaded under DeepSpeed ZeRO-3"):
+            run_exp(config)
+    finally:
+        unset_hf_deepspeed_config()
+    assert not (tmp_path / "out").exists()

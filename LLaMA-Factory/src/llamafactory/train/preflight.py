@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers.integrations import is_deepspeed_zero3_enabled
+
 from ..data import get_dataset_attrs, has_tokenized_data
 from ..data.registry import check_sources_exist
-from ..ddm import DiffusionInputError, resolve_checkpoint_dir
+from ..ddm import DiffusionInputError, detect_layout, resolve_checkpoint_dir
 from ..hparams import DataArguments, ModelArguments, TrainingArguments
 
 
@@ -36,7 +38,24 @@ def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, train
     if not has_tokenized_data(data_args.tokenized_path):
         names = data_args.dataset_names + data_args.eval_dataset_names
         check_sources_exist(get_dataset_attrs(names, data_args.dataset_dir))
-    resolve_checkpoint_dir(model_args.model_name_or_path, revision=model_args.model_revision)
+    base = resolve_checkpoint_dir(model_args.model_name_or_path, revision=model_args.model_revision)
     for source in [model_args.checkpoint_dir, *model_args.adapters]:
         if source:
             resolve_checkpoint_dir(source)
+    check_zero3_loading(model_args, base, training_args)
+
+
+def check_zero3_loading(model_args: ModelArguments, base: Path, training_args: TrainingArguments) -> None:
+    """Diffusion weights are copied into a built model as whole tensors; ZeRO-3 partitions it while building."""
+    if not is_deepspeed_zero3_enabled():
+        return
+    if model_args.checkpoint_dir:
+        source = f"checkpoint_dir {model_args.checkpoint_dir}"
+    elif detect_layout(base) == "wrapper":
+        source = f"model_name_or_path {model_args.model_name_or_path} (DiffuGPT wrapper layout)"
+    else:
+        return
+    raise DiffusionInputError(
+        f"{source} cannot be loaded under DeepSpeed ZeRO-3 (deepspeed: {training_args.deepspeed}); use ZeRO-2 "
+        "(examples/deepspeed/ds_z2_config.json), or give a checkpoint saved in the hf layout as model_name_or_path"
+    )
