@@ -294,7 +294,7 @@ def generation_length(config: PretrainedConfig, default: int = 512) -> int:
     return min(length, int(limit)) if limit else length
 
 
-def current_umask() -> int:
+def _current_umask() -> int:
     """The process umask (read by setting it and restoring it at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
@@ -303,7 +303,7 @@ def current_umask() -> int:
 
 def apply_default_permissions(path: Path) -> None:
     """Give a staged file or folder (tree) the permissions a plain write would: temp files are owner-only."""
-    mask = current_umask()
+    mask = _current_umask()
     paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for item in paths:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
