@@ -101,7 +101,7 @@ def generate_samples(
     config = SamplingConfig(
         steps=int(args.diffusion_steps),
         temperature=float(args.logits_temp),
-        top_p=float(args.topp_temp),
+        top_p=None if getattr(args, "topp_temp", None) is None else float(args.topp_temp),
         greedy=bool(getattr(args, "greedy", False)),
         strategy=getattr(args, "strategy", "random"),
         shift=bool(args.shift),

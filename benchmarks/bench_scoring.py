@@ -1,4 +1,4 @@
-"""Multiple-choice scoring speed: the batched SPEC 7 scorer vs a one-example-one-level loop, side by side.
+"""Multiple-choice scoring speed: the batched likelihood scorer vs a one-example-one-level loop, side by side.
 
     python benchmarks/bench_scoring.py                       # CPU, a small random GPT-2, 32 HellaSwag-like examples
     python benchmarks/bench_scoring.py --device cuda --examples 256 --batch_size 256

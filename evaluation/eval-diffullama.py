@@ -1,7 +1,7 @@
 r"""Evaluate a DiffuLLaMA checkpoint on the paper's benchmarks (see evaluation/README.md).
 
     python evaluation/eval-diffullama.py --model_name diffusionfamily/diffullama --flash_attn sdpa \
-        --data_dir ../shared/data
+        --data_dir data/eval
 """
 
 import sys

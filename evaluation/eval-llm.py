@@ -1,6 +1,6 @@
 """Evaluate an autoregressive baseline on the paper's benchmarks (see evaluation/README.md).
 
-    python evaluation/eval-llm.py --model_name gpt2 --data_dir ../shared/data
+    python evaluation/eval-llm.py --model_name gpt2 --data_dir data/eval
 """
 
 import sys

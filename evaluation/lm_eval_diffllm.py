@@ -7,8 +7,9 @@ lm-eval 0.4 finds models only in its own registry, so the model must be register
 process; this script does that and then runs the harness's own command line.
 """
 
-import dlm_eval.harness  # noqa: F401  (registers "diffllm")
 from lm_eval.__main__ import cli_evaluate
+
+import dlm_eval.harness  # noqa: F401  (registers "diffllm")
 
 if __name__ == "__main__":
     cli_evaluate()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerFast
 
-SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-            "sep_token": "<sep>", "mask_token": "<mask>"}
+from llamafactory.ddm import record_generation_length
+from llamafactory.tiny import SPECIAL_TOKENS, tiny_gpt2, tiny_llama, train_bpe_tokenizer
+
+__all__ = ["corpus", "tiny_gpt2", "tiny_llama", "tiny_tokenizer", "write_diffugpt_m", "write_diffugpt_s", "write_diffullama"]
 
 _WORDS = ("the a one two three four five six seven eight nine ten cat dog bird fish tree river house "
           "red green blue small big quick slow runs jumps sees eats sleeps today is wonderful day and "
@@ -31,40 +32,8 @@ def corpus(lines: int = 400, seed: int = 0) -> list[str]:
 
 def tiny_tokenizer(vocab_size: int = 400, with_mask: bool = True) -> PreTrainedTokenizerFast:
     """Byte-level BPE over the tiny corpus, with bos/eos/pad/sep (and mask unless ``with_mask=False``)."""
-    specials = dict(SPECIALS)
-    if not with_mask:
-        specials.pop("mask_token")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(specials.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, **specials)
-
-
-def tiny_gpt2(vocab_size: int, seed: int = 0, n_positions: int = 64, **overrides) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=None, eos_token_id=None, **overrides)
-    return GPT2LMHeadModel(config).eval()
-
-
-def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 64, **overrides) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-                         **overrides)
-    return LlamaForCausalLM(config).eval()
-
-
-def _generation_length(config, length: int) -> None:
-    config.task_specific_params = {"text-generation": {"do_sample": True, "max_length": length}}
+    specials = {role: token for role, token in SPECIAL_TOKENS.items() if with_mask or role != "mask_token"}
+    return train_bpe_tokenizer(corpus(), vocab_size, special_tokens=specials)
 
 
 def write_diffugpt_s(directory: Path, gen_len: int = 24) -> GPT2LMHeadModel:
@@ -106,7 +75,7 @@ def write_diffullama(directory: Path, gen_len: int = 24) -> LlamaForCausalLM:
     """DiffuLLaMA Hub layout: sharded LLaMA safetensors with an index, untied head, tokenizer."""
     tokenizer = tiny_tokenizer()
     model = tiny_llama(len(tokenizer), seed=2)
-    _generation_length(model.config, gen_len)
+    record_generation_length(model.config, gen_len)
     model.save_pretrained(directory, max_shard_size="40KB", safe_serialization=True)
     tokenizer.save_pretrained(directory)
     assert (directory / "model.safetensors.index.json").exists()

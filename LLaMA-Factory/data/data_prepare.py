@@ -13,10 +13,12 @@ file dataset_info.json names:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from llamafactory.utils.files import atomic_write_text
 
 
 def documents(source: str, subset: str) -> Iterator[str]:
@@ -40,19 +42,11 @@ def write_shards(texts: Iterable[str], output_dir: Path, shards: int, per_shard:
     stream = (text.strip() for text in texts)
     kept = (text for text in stream if len(text) >= min_chars)
     for index in range(shards):
-        path = output_dir / f"clean_{index:05d}.jsonl"
-        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        count = 0
-        with staging.open("w", encoding="utf-8") as handle:
-            for text in kept:
-                handle.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                count += 1
-                if count == per_shard:
-                    break
-        if count == 0:
-            staging.unlink()
+        batch = list(itertools.islice(kept, per_shard))
+        if not batch:
             break
-        os.replace(staging, path)
+        path = output_dir / f"clean_{index:05d}.jsonl"
+        atomic_write_text(path, (json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in batch))
         written.append(path)
     return written
 

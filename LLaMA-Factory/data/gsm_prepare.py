@@ -1,7 +1,7 @@
 """Convert GSM8K (JSON lines with ``question`` / ``answer``) into the Diffusion-of-Thought records that the
 ``gsm`` and ``gsm_test`` datasets of dataset_info.json read (``instruction`` / ``output``).
 
-Each worked answer keeps only its calculator annotations and the final answer (SPEC 5):
+Each worked answer keeps only its calculator annotations and the final answer (docs/design.md#supervised-fine-tuning-layout-ddm-sft):
 ``"<<16-3-4=9>> <<9*2=18>> #### 18"``.
 
     python data/gsm_prepare.py --input /path/to/gsm8k/train.jsonl --output data/gsm.json
@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
+import sys
 from pathlib import Path
+
+from llamafactory.command_line import run_command
+from llamafactory.errors import UserInputError
+from llamafactory.utils.files import atomic_write_text
 
 EQUATION = re.compile(r"<<[^<>]*>>")
 
@@ -36,23 +40,27 @@ def convert(lines: list[str]) -> list[dict[str, str]]:
         try:
             records.append({"instruction": item["question"].strip(), "output": to_diffusion_of_thought(item["answer"])})
         except (KeyError, ValueError) as error:
-            raise SystemExit(f"error: line {number}: {error}") from None
+            raise UserInputError(f"line {number}: {error}") from None
     return records
 
 
-def main() -> None:
+def write(input_path: Path, output_path: Path) -> None:
+    if not input_path.is_file():
+        raise UserInputError(f"--input {input_path} does not exist")
+    records = convert(input_path.read_text(encoding="utf-8").splitlines())
+    if not records:
+        raise UserInputError(f"--input {input_path} holds no GSM8K records")
+    atomic_write_text(output_path, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {len(records)} records to {output_path}")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, required=True, help="GSM8K JSON lines file (question, answer)")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write (e.g. data/gsm.json)")
     args = parser.parse_args()
-    if not args.input.is_file():
-        raise SystemExit(f"error: {args.input} does not exist")
-    records = convert(args.input.read_text(encoding="utf-8").splitlines())
-    staging = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
-    staging.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(staging, args.output)
-    print(f"wrote {len(records)} records to {args.output}")
+    return run_command(lambda: write(args.input, args.output))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

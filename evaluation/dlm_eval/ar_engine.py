@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from .engine import Decoding, FillRequest, window
+from llamafactory.model.generation import generate_continuations
 from llamafactory.model.tokenizer import framing_tokens
 
+from .engine import Decoding, FillRequest, window
 from .text import fit_infill, fit_pair
 
 
@@ -81,28 +82,14 @@ class AutoregressiveEngine:
         return holes
 
     def _greedy_batch(self, rows: list[tuple[list[int], int]]) -> list[list[int]]:
-        """Left-padded greedy generation of one batch; each row keeps its own length, cut at EOS.
+        """Greedy generation of one batch; each row keeps its own length, cut at EOS.
 
         The batch generates as many tokens as its longest hole, so every prefix is fitted for that.
         """
         steps = max(n for _, n in rows)
-        rows = [(fit_infill(prefix, steps, [], self.max_length)[0], n) for prefix, n in rows]
-        width = max(len(prefix) for prefix, _ in rows)
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        keep = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (prefix, _) in enumerate(rows):
-            ids[b, width - len(prefix) :] = torch.tensor(prefix)
-            keep[b, width - len(prefix) :] = 1
-        config = GenerationConfig(max_new_tokens=steps, do_sample=False,
-                                  pad_token_id=self._pad_id, eos_token_id=sorted(self.eos_ids) or None)
-        output = self.model.generate(input_ids=ids.to(self.device), attention_mask=keep.to(self.device),
-                                     generation_config=config)
-        holes = []
-        for b, (_, length) in enumerate(rows):
-            hole = output[b, width : width + length].tolist()
-            cut = next((k for k, token in enumerate(hole) if token in self.eos_ids), len(hole))
-            holes.append(hole[:cut])
-        return holes
+        prompts = [fit_infill(prefix, steps, [], self.max_length)[0] for prefix, _ in rows]
+        generated = generate_continuations(self.model, prompts, steps, pad_id=self._pad_id, eos_ids=self.eos_ids)
+        return [hole[:length] for hole, (_, length) in zip(generated, rows)]
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
         """``[BOS] + prompt``: the sft stage's layout (``template: empty``); the answer follows."""

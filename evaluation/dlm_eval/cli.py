@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,18 @@ from typing import Any
 
 import torch
 
-from llamafactory.ddm import DiffusionInputError, apply_adapters, load_diffusion_lm, load_tokenizer
-from llamafactory.ddm.checkpoints import resolve_checkpoint_dir
-from llamafactory.ddm.sampling import STRATEGIES
-from llamafactory.runtime import (
-    ATTENTION_IMPLEMENTATIONS,
-    DTYPES,
+from llamafactory.command_line import (
+    add_bool_flag,
+    add_model_arguments,
     check_attention_implementation,
-    parse_bool,
     resolve_device,
     resolve_dtype,
+    run_command,
 )
+from llamafactory.ddm import apply_adapters, load_diffusion_lm, load_tokenizer
+from llamafactory.ddm.sampling import STRATEGIES
+from llamafactory.errors import UserInputError
+from llamafactory.utils.hub import resolve_checkpoint_dir
 
 from .ar_engine import AutoregressiveEngine
 from .data import DataSource
@@ -74,22 +74,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser(family: Family) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=family.description, formatter_class=_HelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name", default=family.model_name, help="Hub id or local checkpoint directory")
-    if family.kind == "diffusion":
-        model.add_argument("--base_model_name", default=family.base_model_name,
-                           help="base AR model, used only for its config/tokenizer when the checkpoint lacks them")
-    model.add_argument("--adapter", action="append", default=[], help="PEFT LoRA adapter to merge (repeatable)")
-    model.add_argument("--flash_attn", "--attn_implementation", dest="attn_implementation", choices=ATTENTION_IMPLEMENTATIONS,
-                       default="sdpa", help="attention implementation")
-    model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    model.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                       help="auto: bfloat16 on CUDA, else float32")
-    model.add_argument("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False,
-                       help="allow a checkpoint's own Python code (off unless you trust it)")
+    add_model_arguments(model, model_name=family.model_name, base_model_name=family.base_model_name,
+                        diffusion=family.kind == "diffusion")
     run = parser.add_argument_group("run")
     run.add_argument("--tasks", default="all", help=f"'all' (the paper's nine) or a comma list of: {', '.join(TASKS)}")
     run.add_argument("--data_dir", default=None,
-                     help="local data in the published formats (e.g. ../shared/data); default: the Hub sets")
+                     help="local data in the published formats (layout: docs/data.md); default: the Hub sets")
     run.add_argument("--limit", type=int, default=None,
                      help="first N examples of each task (default: all; ROCStories: the paper's first 1,000)")
     run.add_argument("--batch_size", type=int, default=32, help="rows per forward pass; results do not depend on it")
@@ -105,8 +95,7 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
         sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default 0.9)")
         sampling.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
                               help="positions fixed per step (default random; GSM8K topk)")
-        sampling.add_argument("--greedy", type=parse_bool, nargs="?", const=True, default=None,
-                              help="argmax instead of sampling (default false; GSM8K true)")
+        add_bool_flag(sampling, "--greedy", None, "argmax instead of sampling (default false; GSM8K true)")
         sampling.add_argument("--gsm8k_steps", type=int, default=64, help="T for GSM8K")
     tasks = parser.add_argument_group("task options")
     tasks.add_argument("--triviaqa_extra_tokens", type=int, default=10,
@@ -127,18 +116,18 @@ def _check(args: argparse.Namespace) -> None:
         positive["--limit"] = args.limit
     for flag, value in positive.items():
         if value < 1:
-            raise DiffusionInputError(f"{flag} must be >= 1, got {value}")
+            raise UserInputError(f"{flag} must be >= 1, got {value}")
     if args.triviaqa_extra_tokens < 0:
-        raise DiffusionInputError(f"--triviaqa_extra_tokens must be >= 0, got {args.triviaqa_extra_tokens}")
+        raise UserInputError(f"--triviaqa_extra_tokens must be >= 0, got {args.triviaqa_extra_tokens}")
     if args.gsm8k_max_length < 8:
-        raise DiffusionInputError(f"--gsm8k_max_length must be >= 8, got {args.gsm8k_max_length}")
+        raise UserInputError(f"--gsm8k_max_length must be >= 8, got {args.gsm8k_max_length}")
     if args.code_timeout <= 0:
-        raise DiffusionInputError(f"--code_timeout must be > 0, got {args.code_timeout}")
+        raise UserInputError(f"--code_timeout must be > 0, got {args.code_timeout}")
     temperature, top_p = getattr(args, "logits_temp", None), getattr(args, "topp_temp", None)
     if temperature is not None and temperature <= 0:
-        raise DiffusionInputError(f"--logits_temp must be > 0, got {temperature}")
+        raise UserInputError(f"--logits_temp must be > 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise DiffusionInputError(f"--topp_temp must be in (0, 1], got {top_p}")
+        raise UserInputError(f"--topp_temp must be in (0, 1], got {top_p}")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -155,11 +144,11 @@ def load_engine(family: Family, args: argparse.Namespace) -> Engine:
     """The model named by the flags, wrapped as the engine its family evaluates with."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    check_attention_implementation(args.attn_implementation, device)
+    check_attention_implementation(args.flash_attn, device)
     if family.kind == "diffusion":
         model, tokenizer = load_diffusion_lm(
             args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=dtype,
-            attn_implementation=args.attn_implementation, device=device, trust_remote_code=args.trust_remote_code,
+            attn_implementation=args.flash_attn, device=device, trust_remote_code=args.trust_remote_code,
         )
         decoding = Decoding(temperature=family.logits_temp)
         return DiffusionEngine(model, tokenizer, batch_size=args.batch_size, decoding=decoding)
@@ -172,7 +161,7 @@ def load_causal_baseline(args: argparse.Namespace, device: torch.device, dtype: 
 
     directory = resolve_checkpoint_dir(args.model_name)
     tokenizer = load_tokenizer(directory, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=args.attn_implementation,
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=args.flash_attn,
                                                  trust_remote_code=args.trust_remote_code)
     if getattr(model.config, "is_causal", True) is False:
         logger.warning("%s is marked bidirectional (a diffusion checkpoint); evaluating it causally",
@@ -206,9 +195,4 @@ def main(family: Family, argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one ``error:`` line and return 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(family).parse_args(argv)
-    try:
-        run(family, args)
-    except DiffusionInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(family, args))

@@ -1,7 +1,7 @@
 """Where task data comes from: the published files under ``--data_dir``, else the Hub sets the paper used.
 
-A local directory may hold each file in its own folder (``<data_dir>/piqa/valid.jsonl``, the layout of
-``../shared/data``) or directly (``<data_dir>/valid.jsonl``). Every reader returns records in file order.
+A local directory may hold each file in its own folder (``<data_dir>/piqa/valid.jsonl``, the layout
+docs/data.md describes) or directly (``<data_dir>/valid.jsonl``). Every reader returns records in file order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class DataSource:
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         if self.data_dir is not None and not self.data_dir.is_dir():
-            raise DiffusionInputError(f"--data_dir {self.data_dir} is not a directory")
+            raise UserInputError(f"--data_dir {self.data_dir} is not a directory")
 
     def find(self, folder: str, *names: str) -> Path | None:
         """The first of ``names`` present under ``<data_dir>/<folder>/`` or ``<data_dir>/``; None if none."""
@@ -52,7 +52,7 @@ class DataSource:
         found = self.find(folder, *names)
         if found is None:
             where = self.data_dir if self.data_dir is not None else "--data_dir (not given)"
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"task {task}: none of {', '.join(names)} found under {where} or its {folder}/ folder"
             )
         return found
@@ -71,7 +71,7 @@ class DataSource:
             dataset = load_dataset(hub.name, hub.config, split=hub.split)
         except Exception as error:  # offline, gated, renamed or script-based sets all mean: not usable here
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"task {task}: could not load {hub} from the Hub ({reason}); pass --data_dir with the local files"
             ) from None
         return [dict(row) for row in dataset]
@@ -93,7 +93,7 @@ def _parse_json(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
         return json.loads(line)
     except json.JSONDecodeError as error:
-        raise DiffusionInputError(f"{path}:{number} is not valid JSON ({error.msg})") from None
+        raise UserInputError(f"{path}:{number} is not valid JSON ({error.msg})") from None
 
 
 def read_csv(path: Path) -> Iterator[dict[str, str]]:
@@ -106,4 +106,4 @@ def require_fields(task: str, path: Path | str, number: int, record: dict[str, A
     """A record lacking a field the format defines is a one-line error naming file, record and field."""
     missing = [name for name in fields if name not in record]
     if missing:
-        raise DiffusionInputError(f"task {task}: record {number} of {path} lacks field(s) {', '.join(missing)}")
+        raise UserInputError(f"task {task}: record {number} of {path} lacks field(s) {', '.join(missing)}")

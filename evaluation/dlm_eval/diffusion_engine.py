@@ -1,4 +1,4 @@
-"""Diffusion LMs as an evaluation engine: the core SPEC 7 scorer and the core reverse-diffusion sampler.
+"""Diffusion LMs as an evaluation engine: the core likelihood scorer and the core reverse-diffusion sampler.
 
 Scoring batches every (example, choice, noise level) row at once through ``score_continuations``.
 Filling batches requests of equal ``steps``; rows are right-padded with padding hidden from attention
@@ -89,6 +89,6 @@ class DiffusionEngine:
         return [tokens[b, len(p) : len(p) + n].tolist() for b, (p, n, _, _) in enumerate(rows)]
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
-        """``[BOS] + prompt + [SEP]``: the ddm-sft layout (SPEC 5), framed as the training stage frames it."""
+        """``[BOS] + prompt + [SEP]``: the ddm-sft layout (docs/design.md#supervised-fine-tuning-layout-ddm-sft), framed as the training stage frames it."""
         framing = framing_tokens(self.tokenizer, self.model.tokens)
         return [framing.bos, *prompt, framing.sep]

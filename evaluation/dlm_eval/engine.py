@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a diffusion sampler picks tokens (SPEC 6); AR baselines always decode greedily."""
+    """How a diffusion sampler picks tokens (docs/design.md#sampling); AR baselines always decode greedily."""
 
     temperature: float = 0.95
     top_p: float | None = 0.9

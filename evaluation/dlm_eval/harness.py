@@ -10,7 +10,7 @@ From the shell, ``python evaluation/lm_eval_diffllm.py`` takes exactly ``lm_eval
 (``--model diffllm --model_args pretrained=...``); lm-eval 0.4 has no plugin discovery for models,
 so a plain ``lm_eval`` process would not know the name.
 
-* ``loglikelihood``: minus the SPEC 7 score (mean masked cross-entropy over ``diffusion_steps`` noise
+* ``loglikelihood``: minus the likelihood score (mean masked cross-entropy over ``diffusion_steps`` noise
   levels), so the harness's argmax picks the same choice as the paper's argmin; ``is_greedy`` says
   whether one greedy denoising step over the fully masked continuation reproduces it.
 * ``loglikelihood_rolling``: minus the core's deterministic ELBO estimate of the text's NLL (nats).
@@ -27,13 +27,13 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from llamafactory.ddm import DiffusionInputError, load_diffusion_lm, sequence_nll
+from llamafactory.ddm import load_diffusion_lm, sequence_nll
+from llamafactory.errors import UserInputError
 from llamafactory.runtime import resolve_dtype
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest
 from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
-
 
 
 def _batch_size(value: Any) -> int:
@@ -74,7 +74,7 @@ class DiffLLM(LM):
         start = leading_special_ids(self.engine.tokenizer)
         start = start or [i for i in (tokens.bos_id, tokens.eos_id) if i is not None][:1]
         if not start:
-            raise DiffusionInputError("an empty context needs a BOS or EOS token, and this tokenizer has neither")
+            raise UserInputError("an empty context needs a BOS or EOS token, and this tokenizer has neither")
         return start
 
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from llamafactory.utils.files import atomic_write_text
 
 from .data import DataSource
 from .engine import Engine
@@ -35,25 +35,12 @@ def load_examples(tasks: Sequence[Task], source: DataSource, limit: int | None) 
     return loaded
 
 
-def _atomic_write(path: Path, lines: Iterable[str]) -> None:
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         delete=False)
-    try:
-        with handle:
-            for line in lines:
-                handle.write(line)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    _atomic_write(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    atomic_write_text(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, [json.dumps(value, indent=2, ensure_ascii=False) + "\n"])
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def run_tasks(engine: Engine, tasks: Sequence[Task], examples: dict[str, list[Any]], settings: Settings, *,

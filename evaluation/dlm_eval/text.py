@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -77,7 +77,7 @@ def fit_infill(
     """
     prefix, suffix = list(prefix), list(suffix)
     if not prefix:
-        raise DiffusionInputError("an infilling prefix must hold at least one token")
+        raise UserInputError("an infilling prefix must hold at least one token")
     if len(prefix) + length + len(suffix) <= limit:
         return prefix, length, suffix, False
     length = min(length, limit - 1)

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llamafactory.ddm import (
-    DiffusionInputError,
     detect_layout,
     load_causal_lm,
     load_diffusion_lm,
     load_weights_into,
     save_diffusion_checkpoint,
 )
+from llamafactory.errors import UserInputError
 from tests.tiny import tiny_gpt2, write_diffugpt_m, write_diffugpt_s, write_diffullama
 
 WRITERS = {"diffugpt-s": write_diffugpt_s, "diffugpt-m": write_diffugpt_m, "diffullama": write_diffullama}
@@ -88,7 +88,7 @@ def test_wrapper_checkpoint_with_missing_or_unexpected_keys_names_them(released,
     save_file(state, broken / "model.safetensors")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (broken / name).write_bytes((source / name).read_bytes())
-    with pytest.raises(DiffusionInputError) as error:
+    with pytest.raises(UserInputError) as error:
         load_diffusion_lm(broken)
     assert "transformer.h.1.mlp.c_fc.weight" in str(error.value)
     assert "transformer.h.9.extra.weight" in str(error.value)
@@ -107,15 +107,15 @@ def test_sharded_checkpoint_with_missing_key_names_it(released, tmp_path):
     index["weight_map"].pop(victim)
     (broken / "model.safetensors.index.json").write_text(json.dumps(index))
     (broken / "config.json").write_bytes((source / "config.json").read_bytes())
-    with pytest.raises(DiffusionInputError, match=victim):
+    with pytest.raises(UserInputError, match=victim):
         load_causal_lm(broken)
 
 
 def test_unknown_path_and_unreachable_hub_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DiffusionInputError, match="does not exist"):
+    with pytest.raises(UserInputError, match="does not exist"):
         load_diffusion_lm(tmp_path / "nope")
-    with pytest.raises(DiffusionInputError, match="neither a local directory nor a reachable Hub model"):
+    with pytest.raises(UserInputError, match="neither a local directory nor a reachable Hub model"):
         load_diffusion_lm("no-such-org/no-such-model")
 
 
@@ -167,7 +167,7 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(released, tmp_path, m
 
 def test_wrapper_layout_refuses_untied_models(released, tmp_path):
     model, _ = load_diffusion_lm(released["diffullama"][0])
-    with pytest.raises(DiffusionInputError, match="tied"):
+    with pytest.raises(UserInputError, match="tied"):
         save_diffusion_checkpoint(model.model, tmp_path / "x", layout="wrapper")
 
 
@@ -201,7 +201,7 @@ def test_lora_adapter_with_trained_embedding_merges_and_keeps_head_tied(released
     ids = torch.randint(6, 400, (1, 8))
     with torch.no_grad():
         assert (merged(ids) - plain(ids)).abs().max() > 1e-3
-    with pytest.raises(DiffusionInputError, match="not a PEFT adapter"):
+    with pytest.raises(UserInputError, match="not a PEFT adapter"):
         load_diffusion_lm(directory, adapters=[str(directory)])
 
 

@@ -1,4 +1,4 @@
-"""Corruption, the SPEC 3 loss and the SPEC 4 annealed mask."""
+"""Corruption, the loss (docs/design.md#objective) and the annealed mask (#attention-mask-annealing)."""
 
 import math
 
@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from llamafactory.ddm import (
-    DiffusionInputError,
     anneal_ratio,
     annealed_attention_mask,
     corrupt,
@@ -15,6 +14,7 @@ from llamafactory.ddm import (
     sample_noise_level,
     training_loss,
 )
+from llamafactory.errors import UserInputError
 from tests.tiny import tiny_gpt2, tiny_llama
 
 MASK = 7
@@ -138,7 +138,7 @@ def test_anneal_ratio_schedule():
     assert anneal_ratio(9, 10) == 1.0
     assert anneal_ratio(500, 10) == 1.0
     assert anneal_ratio(0, 1) == 1.0
-    with pytest.raises(DiffusionInputError, match="anneal_steps"):
+    with pytest.raises(UserInputError, match="anneal_steps"):
         anneal_ratio(0, 0)
 
 

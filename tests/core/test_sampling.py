@@ -1,12 +1,13 @@
-"""The reverse-diffusion loop and its strategies (SPEC 6)."""
+"""The reverse-diffusion loop and its strategies (docs/design.md#sampling)."""
 
 import math
 
 import pytest
 import torch
 
-from llamafactory.ddm import DiffusionInputError, DiffusionLM, SamplingConfig, SpecialTokens, sample
+from llamafactory.ddm import DiffusionLM, SamplingConfig, SpecialTokens, sample
 from llamafactory.ddm.sampling import nucleus_filter, topk_confidence
+from llamafactory.errors import UserInputError
 from tests.tiny import tiny_gpt2, tiny_llama
 
 VOCAB, MASK = 48, 5
@@ -135,7 +136,7 @@ def test_works_with_llama_and_unshifted(model):
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(temperature=0.0), dict(top_p=1.5), dict(strategy="nope")])
 def test_bad_settings_fail_clearly(model, bad):
     ids, src = _prefixed([2])
-    with pytest.raises(DiffusionInputError):
+    with pytest.raises(UserInputError):
         sample(model, ids, MASK, SamplingConfig(**bad), src_mask=src)
 
 

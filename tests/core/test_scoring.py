@@ -1,4 +1,4 @@
-"""The SPEC 7 likelihood scorer: batched == direct, batch-size independent, ELBO estimate."""
+"""The likelihood scorer (docs/design.md#likelihood-scoring): batched == direct, batch-size independent, ELBO."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks, score_continuations, sequence_nll
 from tests.tiny import tiny_gpt2
+from tests.tolerance import close
 
 VOCAB, MASK = 48, 5
 
@@ -88,8 +89,10 @@ def test_sequence_nll_is_deterministic_and_counts_scored_tokens():
     model = _model()
     sequences = [[0, 10, 11, 12, 13], [0, 20, 21]]
     first = sequence_nll(model, sequences, steps=4, prompt_lengths=[2, 0])
-    assert first == sequence_nll(model, sequences, steps=4, prompt_lengths=[2, 0], batch_size=1)
-    assert [n for _, n in first] == [3, 2]
+    assert first == sequence_nll(model, sequences, steps=4, prompt_lengths=[2, 0])  # the same computation
+    one_by_one = sequence_nll(model, sequences, steps=4, prompt_lengths=[2, 0], batch_size=1)
+    assert [v for v, _ in one_by_one] == close([v for v, _ in first])  # other batch shapes
+    assert [n for _, n in first] == [n for _, n in one_by_one] == [3, 2]
     # near-uniform random model: about log(VOCAB) nats per token
     per_token = sum(v for v, _ in first) / 5
     assert 0.5 * math.log(VOCAB) < per_token < 2 * math.log(VOCAB)

@@ -1,8 +1,9 @@
-"""Special-token resolution: tokenizer files first, then the SPEC 2 table, else a clear error."""
+"""Special-token resolution: tokenizer files first, then the published table (docs/design.md#special-tokens), else a clear error."""
 
 import pytest
 
-from llamafactory.ddm import DiffusionInputError, add_mask_token, resolve_special_tokens
+from llamafactory.ddm import add_mask_token, resolve_special_tokens
+from llamafactory.errors import UserInputError
 from tests.tiny import tiny_tokenizer
 
 
@@ -33,7 +34,7 @@ def test_added_mask_string_is_found_without_the_special_attribute():
 
 
 def test_unknown_model_without_mask_token_fails_and_names_the_fix():
-    with pytest.raises(DiffusionInputError, match="no mask token is known") as error:
+    with pytest.raises(UserInputError, match="no mask token is known") as error:
         resolve_special_tokens(tiny_tokenizer(with_mask=False), "gpt2", 400)
     assert "mask_token" in str(error.value)
 
@@ -41,7 +42,7 @@ def test_unknown_model_without_mask_token_fails_and_names_the_fix():
 def test_mask_id_outside_the_embedding_fails():
     tokenizer = tiny_tokenizer(with_mask=False)
     add_mask_token(tokenizer)
-    with pytest.raises(DiffusionInputError, match="outside the model's embedding"):
+    with pytest.raises(UserInputError, match="outside the model's embedding"):
         resolve_special_tokens(tokenizer, "gpt2", len(tokenizer) - 1)
 
 

@@ -9,13 +9,14 @@ import torch
 from llamafactory.data import FramingTokens, get_template
 from llamafactory.data.processors import IGNORE_INDEX, ddm_sft_batch, supervised_batch
 from llamafactory.ddm import DiffusionLM, SpecialTokens
+from llamafactory.model.generation import generate_continuations
 from tests.e2e.conftest import pipeline_module
 
 
 @pytest.fixture(scope="module")
 def tiny_model(pipeline_tokenizer):
     init = pipeline_module("init_model")
-    return init.tiny_gpt2(pipeline_tokenizer, n_embd=32, n_layer=2, n_head=2, n_positions=64, seed=0).eval()
+    return init.pipeline_gpt2(pipeline_tokenizer, n_embd=32, n_layer=2, n_head=2, n_positions=64, seed=0).eval()
 
 
 ROW = {"prompt": "reverse a b c d gives", "response": "d c b a"}
@@ -75,12 +76,12 @@ def test_batches_group_equal_shapes_only(compare):
         assert len(batch) <= 2
 
 
-def test_ar_decoding_is_transformers_greedy_search(compare, tiny_model):
-    prompts = torch.randint(6, 100, (3, 5), generator=torch.Generator().manual_seed(0))
-    examples = [compare.Example("x", tuple(row), (0,) * 4) for row in prompts.tolist()]
-    expected = tiny_model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                   max_new_tokens=4, min_new_tokens=4, pad_token_id=0)[:, 5:]
-    assert compare.ar_generate(tiny_model)(examples) == [tuple(row) for row in expected.tolist()]
+def test_ar_decoding_is_the_shared_greedy_decoder_for_the_target_length(compare, tiny_model):
+    prompts = torch.randint(6, 100, (3, 5), generator=torch.Generator().manual_seed(0)).tolist()
+    examples = [compare.Example("x", tuple(row), (0,) * 4) for row in prompts]
+    expected = generate_continuations(tiny_model, prompts, 4, pad_id=0)
+    assert compare.ar_generate(tiny_model, 0)(examples) == [tuple(row) for row in expected]
+    assert all(len(row) == 4 for row in expected)
 
 
 def test_diffusion_fills_only_the_masked_span(compare, tiny_model, pipeline_tokenizer):

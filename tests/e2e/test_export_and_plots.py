@@ -7,15 +7,21 @@ import json
 import pytest
 import torch
 
-from llamafactory.ddm import DiffusionInputError, DiffusionLM, detect_layout, load_diffusion_lm, resolve_special_tokens
-from llamafactory.ddm import save_diffusion_checkpoint
+from llamafactory.ddm import (
+    DiffusionLM,
+    detect_layout,
+    load_diffusion_lm,
+    resolve_special_tokens,
+    save_diffusion_checkpoint,
+)
+from llamafactory.errors import UserInputError
 from tests.e2e.conftest import pipeline_module
 
 
 @pytest.fixture(scope="module")
 def ddm_checkpoint(pipeline_tokenizer, tmp_path_factory):
     """A random tiny GPT-2 saved the way the ddm stage saves (hf layout, bidirectional), with its tokenizer."""
-    model = pipeline_module("init_model").tiny_gpt2(pipeline_tokenizer, 32, 2, 2, 64, seed=1).eval()
+    model = pipeline_module("init_model").pipeline_gpt2(pipeline_tokenizer, 32, 2, 2, 64, seed=1).eval()
     folder = tmp_path_factory.mktemp("ddm")
     save_diffusion_checkpoint(model, folder, tokenizer=pipeline_tokenizer, generation_length=24)
     return folder, model
@@ -40,13 +46,13 @@ def test_export_refuses_an_oversized_model_and_keeps_what_is_there(ddm_checkpoin
     out.mkdir()
     (out / "config.json").write_text("{}")
     monkeypatch.setattr(export, "MAX_BYTES", 1024)
-    with pytest.raises(DiffusionInputError, match="over the 0 MiB limit"):
+    with pytest.raises(UserInputError, match="over the 0 MiB limit"):
         export.export(ddm_checkpoint[0], out, length=48)
     assert (out / "config.json").read_text() == "{}"
 
 
 def test_export_rejects_a_length_beyond_the_position_table(ddm_checkpoint, tmp_path):
-    with pytest.raises(DiffusionInputError, match="between 1 and the model's 64 positions"):
+    with pytest.raises(UserInputError, match="between 1 and the model's 64 positions"):
         pipeline_module("export").export(ddm_checkpoint[0], tmp_path / "out", length=65)
 
 

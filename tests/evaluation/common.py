@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from tests.real_data import REAL_DATA
+
 FIXTURES = Path(__file__).parent / "data"
-SHARED_DATA = Path(os.environ.get("DIFFULLAMA_SHARED_DATA",
-                                  Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+SHARED_DATA = REAL_DATA
 KNOWN_ANSWER = " dog"  # the token the planted model predicts everywhere
 
 

@@ -14,6 +14,7 @@ import pytest
 from dlm_eval import TASKS, DataSource
 from dlm_eval.cli import DIFFUGPT, DIFFULLAMA, LLM, main
 from dlm_eval.runner import load_examples
+from tests.tolerance import assert_records_match
 
 from .common import FIXTURES
 
@@ -56,7 +57,7 @@ def test_same_seed_reproduces_generations_at_any_batch_size(random_checkpoints, 
                 "--batch_size", str(batch_size), "--seed", "7", "--output_dir", str(output), *FAST, *DIFFUSION_FAST]
         assert main(DIFFUGPT, argv) == 0
         runs[batch_size] = {task: read_jsonl(output / f"{task}.jsonl") for task in ("rocstories", "lambada", "siqa")}
-    assert runs[1] == runs[8]
+    assert_records_match(runs[1], runs[8])  # same predictions; scores equal up to summation order
 
 
 def test_rocstories_defaults_to_the_papers_first_thousand(tmp_path):

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 
 from dlm_eval import TASKS, DataSource
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from .common import FIXTURES
 
-# Record counts stated in each ../shared/data/<folder>/SOURCE.md.
+# Record counts stated in each data set's published source (docs/data.md).
 REAL_COUNTS = {"triviaqa": 3000, "lambada": 5153, "lambada_openai": 5153, "hellaswag": 10042, "winogrande": 1267,
                "siqa": 1954, "piqa": 1838, "gsm8k": 1319, "rocstories": 1871, "humaneval": 1033}
 
@@ -115,45 +115,45 @@ def test_real_lambada_first_target(shared_data):
 
 
 def test_missing_file_names_what_was_expected(tmp_path):
-    with pytest.raises(DiffusionInputError, match=r"task piqa: none of valid.jsonl found under .*piqa/"):
+    with pytest.raises(UserInputError, match=r"task piqa: none of valid.jsonl found under .*piqa/"):
         load("piqa", tmp_path)
 
 
 def test_data_dir_must_exist(tmp_path):
-    with pytest.raises(DiffusionInputError, match="is not a directory"):
+    with pytest.raises(UserInputError, match="is not a directory"):
         DataSource(tmp_path / "nope")
 
 
 def test_misaligned_labels_are_an_error(tmp_path):
     shutil.copytree(FIXTURES / "piqa", tmp_path / "piqa")
     (tmp_path / "piqa" / "valid-labels.lst").write_text("0\n1\n")
-    with pytest.raises(DiffusionInputError, match="2 labels for 3 records"):
+    with pytest.raises(UserInputError, match="2 labels for 3 records"):
         load("piqa", tmp_path)
 
 
 def test_out_of_range_label_is_an_error(tmp_path):
     shutil.copytree(FIXTURES / "social_iqa", tmp_path / "social_iqa")
     (tmp_path / "social_iqa" / "dev-labels.lst").write_text("1\n2\n4\n")
-    with pytest.raises(DiffusionInputError, match=r"label '4' of record 3 .* not one of 1..3"):
+    with pytest.raises(UserInputError, match=r"label '4' of record 3 .* not one of 1..3"):
         load("siqa", tmp_path)
 
 
 def test_truncated_hellaswag_is_an_error(tmp_path):
     lines = (FIXTURES / "hellaswag" / "hellaswag_val_full.txt").read_text().splitlines()
     (tmp_path / "hellaswag_val_full.txt").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(DiffusionInputError, match="17 lines; expected 6 per task"):
+    with pytest.raises(UserInputError, match="17 lines; expected 6 per task"):
         load("hellaswag", tmp_path)
 
 
 def test_record_missing_a_field_is_an_error(tmp_path):
     (tmp_path / "triviaqa_sm_sub.jsonl").write_text('{"context": "Question: x\\nAnswer:", "answer": "y"}\n')
-    with pytest.raises(DiffusionInputError, match="record 1 of .* lacks field.*aliases"):
+    with pytest.raises(UserInputError, match="record 1 of .* lacks field.*aliases"):
         load("triviaqa", tmp_path)
 
 
 def test_answer_without_final_number_is_an_error(tmp_path):
     (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "no number here"}\n')
-    with pytest.raises(DiffusionInputError, match="has no '#### n' line"):
+    with pytest.raises(UserInputError, match="has no '#### n' line"):
         load("gsm8k", tmp_path)
 
 
@@ -205,12 +205,12 @@ def test_unreachable_hub_is_a_one_line_error(monkeypatch):
         raise ConnectionError("Couldn't reach the Hub\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(DiffusionInputError, match=r"could not load openai/gsm8k \(main\), split test from the Hub "
+    with pytest.raises(UserInputError, match=r"could not load openai/gsm8k \(main\), split test from the Hub "
                                                   r"\(Couldn't reach the Hub\); pass --data_dir") as error:
         load("gsm8k", None)
     assert "\n" not in str(error.value)
 
 
 def test_tasks_without_a_hub_copy_need_data_dir():
-    with pytest.raises(DiffusionInputError, match="task rocstories: .*--data_dir \\(not given\\)"):
+    with pytest.raises(UserInputError, match="task rocstories: .*--data_dir \\(not given\\)"):
         load("rocstories", None)

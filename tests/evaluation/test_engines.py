@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlm_eval import AutoregressiveEngine, DataSource, Decoding, DiffusionEngine, FillRequest, Settings, TASKS
+from dlm_eval import TASKS, AutoregressiveEngine, DataSource, Decoding, DiffusionEngine, FillRequest, Settings
 from dlm_eval.tasks.choice import ChoiceExample, evaluate_choices
 from dlm_eval.tasks.lambada import LastWordExample, evaluate_last_word
 from dlm_eval.tasks.triviaqa import QuestionExample, evaluate_triviaqa
@@ -39,7 +39,7 @@ def fixture_pairs(tokenizer, window: int = 64) -> list[tuple[list[int], list[int
 
 
 def direct_score(model: DiffusionLM, context: list[int], continuation: list[int], steps: int, seed: int) -> float:
-    """SPEC 7 for one pair, one noise level at a time, on an unpadded single row."""
+    """The likelihood score for one pair, one noise level at a time, on an unpadded single row."""
     total = 0.0
     for positions in level_masks(len(continuation), steps, seed):
         ids = torch.tensor([context + continuation])

@@ -1,4 +1,4 @@
-"""Data: registry and file formats, column mapping, the stage sequence layouts (SPEC 5), tokenized_path."""
+"""Data: registry and file formats, column mapping, the stage sequence layouts (docs/design.md#supervised-fine-tuning-layout-ddm-sft), tokenized_path."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from llamafactory.data import (
     tokenize_splits,
 )
 from llamafactory.data.processors import ddm_sft_batch, fit_prompt_response, pretrain_batch, supervised_batch
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 from llamafactory.hparams import get_train_args
 from tests.tiny import tiny_tokenizer
 
@@ -143,7 +143,7 @@ def test_val_size_of_a_prediction_only_run_may_take_everything(tmp_path, dataset
                  packing=False)
     splits = tokenize_splits(load_raw_splits(*args), CharTokenizer(), TOKENS, args[0], args[2], "ddm")
     assert splits.train is None and len(splits.eval) == 2
-    with pytest.raises(DiffusionInputError, match="val_size 64 leaves no training data"):
+    with pytest.raises(UserInputError, match="val_size 64 leaves no training data"):
         train_args = _args(tmp_path, datasets_cache, dataset="t", stage="ddm", val_size=64, packing=False)
         tokenize_splits(load_raw_splits(*train_args), CharTokenizer(), TOKENS, train_args[0], train_args[2], "ddm")
 
@@ -161,7 +161,7 @@ def test_bad_data_fails_with_the_name(tmp_path, datasets_cache, entry, files, me
     for name, content in files.items():
         (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
     _write_registry(tmp_path, {"d": entry})
-    with pytest.raises(DiffusionInputError, match=message):
+    with pytest.raises(UserInputError, match=message):
         load_raw_splits(*_args(tmp_path, datasets_cache, dataset="d"))
 
 
@@ -190,5 +190,5 @@ def test_tokenized_path_saves_then_reloads(tmp_path, datasets_cache):
     reloaded = load_tokenized(data_args, training_args, stage)
     assert (len(reloaded.train), len(reloaded.eval)) == (4, 2)
     assert all(len(ids) == 32 for ids in reloaded.train["input_ids"])
-    with pytest.raises(DiffusionInputError, match="lacks column.*src_mask"):
+    with pytest.raises(UserInputError, match="lacks column.*src_mask"):
         load_tokenized(data_args, training_args, "sft")

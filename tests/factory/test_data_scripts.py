@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.real_data import REAL_DATA
+
 from .conftest import FACTORY_ROOT
 
-SHARED_GSM8K = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
+SHARED_GSM8K = REAL_DATA / "gsm8k" / "test.jsonl"
 
 
 def _script(name: str):

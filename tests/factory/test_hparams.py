@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 from llamafactory.hparams import get_train_args
+from llamafactory.train.preflight import check_run_inputs
 
 from .conftest import EXAMPLES
 
@@ -69,7 +70,7 @@ def test_accelerate_fsdp_config_loads():
 def test_misspelt_key_in_yaml_is_named(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("model_name_or_path: gpt2\nstage: ddm\ndo_train: true\ndataset: wiki_demo\nlerning_rate: 1.0e-4\n")
-    with pytest.raises(DiffusionInputError, match=r"'lerning_rate' \(did you mean 'learning_rate'\?\)"):
+    with pytest.raises(UserInputError, match=r"'lerning_rate' \(did you mean 'learning_rate'\?\)"):
         get_train_args([str(config)])
 
 
@@ -94,7 +95,7 @@ def test_removed_transformers_keys_are_mapped():
 
 
 def test_conflicting_old_and_new_key():
-    with pytest.raises(DiffusionInputError, match="evaluation_strategy"):
+    with pytest.raises(UserInputError, match="evaluation_strategy"):
         get_train_args({**BASE, "evaluation_strategy": "steps", "eval_strategy": "no"})
 
 
@@ -102,8 +103,6 @@ def test_conflicting_old_and_new_key():
     ("overrides", "message"),
     [
         ({"stage": "rm"}, "unknown stage 'rm'"),
-        ({"stage": "ddm-sft"}, "dataset 'wiki_demo'.*no prompt/response"),
-        ({"stage": "sft", "dataset": "c4_demo"}, "dataset 'c4_demo'.*no prompt/response"),
         ({"anneal_steps": 0}, "anneal_steps must be >= 1"),
         ({"cutoff_len": 3}, "cutoff_len must be >= 4"),
         ({"diffusion_steps": 0}, "diffusion_steps must be >= 1"),
@@ -113,8 +112,6 @@ def test_conflicting_old_and_new_key():
         ({"flash_attn": "flash_attention_2"}, "flash_attention_2"),
         ({"flash_attn": "xformers"}, "unknown flash_attn"),
         ({"finetuning_type": "qlora"}, "unknown finetuning_type"),
-        ({"dataset": "no_such_set"}, "unknown dataset 'no_such_set'"),
-        ({"template": "chatml"}, "unknown template 'chatml'"),
         ({"do_train": False}, "nothing to do"),
         ({"do_eval": True}, "needs data: set val_size or eval_dataset"),
         ({"adapter_name_or_path": "a"}, "adapter_name_or_path needs finetuning_type: lora"),
@@ -127,15 +124,31 @@ def test_conflicting_old_and_new_key():
     ],
 )
 def test_contradictions_fail_before_loading(overrides, message):
-    with pytest.raises(DiffusionInputError, match=message):
+    with pytest.raises(UserInputError, match=message):
         get_train_args({**BASE, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stage": "ddm-sft"}, "dataset 'wiki_demo'.*no prompt/response"),
+        ({"stage": "sft", "dataset": "c4_demo"}, "dataset 'c4_demo'.*no prompt/response"),
+        ({"dataset": "no_such_set"}, "unknown dataset 'no_such_set'"),
+        ({"template": "chatml"}, "unknown template 'chatml'"),
+    ],
+)
+def test_dataset_and_template_problems_fail_in_the_preflight(overrides, message):
+    """The registry and templates live with the data: the preflight checks them before any model loads."""
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args({**BASE, **overrides})
+    with pytest.raises(UserInputError, match=message):
+        check_run_inputs(model_args, data_args, training_args, finetuning_args)
 
 
 def test_flash_attention_is_refused_while_annealing(monkeypatch):
     import transformers.utils
 
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
-    with pytest.raises(DiffusionInputError, match="annealed attention mask"):
+    with pytest.raises(UserInputError, match="annealed attention mask"):
         get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 100})
     get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 1})
 
@@ -145,13 +158,14 @@ def test_reporting_packages_are_checked(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if "tensorboard" in name else real(name))
-    with pytest.raises(DiffusionInputError, match="report_to: tensorboard needs the tensorboard package"):
+    with pytest.raises(UserInputError, match="report_to: tensorboard needs the tensorboard package"):
         get_train_args({**BASE, "report_to": "tensorboard"})
 
 
 def test_dataset_registry_errors(tmp_path):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"odd": {"file_name": "x.json", "formatting": "sharegpt"}}))
-    with pytest.raises(DiffusionInputError, match="formatting 'sharegpt' is not supported"):
-        get_train_args({**BASE, "dataset": "odd", "dataset_dir": str(tmp_path)})
-    with pytest.raises(DiffusionInputError, match="registry .* not found"):
-        get_train_args({**BASE, "dataset_dir": str(tmp_path / "nowhere")})
+    for overrides, message in (({"dataset": "odd", "dataset_dir": str(tmp_path)}, "formatting 'sharegpt' is not supported"),
+                               ({"dataset_dir": str(tmp_path / "nowhere")}, "registry .* not found")):
+        model_args, data_args, training_args, finetuning_args, _ = get_train_args({**BASE, **overrides})
+        with pytest.raises(UserInputError, match=message):
+            check_run_inputs(model_args, data_args, training_args, finetuning_args)

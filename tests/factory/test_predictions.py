@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llamafactory.train.ddm.trainer import noise_seed
+from llamafactory.ddm import noise_seed
 from llamafactory.train.predictions import (
     Prediction,
     gather_predictions,

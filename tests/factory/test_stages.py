@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from llamafactory.ddm import DiffusionInputError, generation_length, load_diffusion_lm
+from llamafactory.ddm import generation_length, load_diffusion_lm
+from llamafactory.errors import UserInputError
 from llamafactory.train import run_exp
 
 from .conftest import tiny_config
@@ -151,7 +152,7 @@ def test_bad_input_fails_clearly_and_overwrites_nothing(tiny_models, datasets_ca
     before = _snapshot(output)
     settings = {"dataset_dir": str(data), "dataset": "no_such_set_either", "val_size": 0, "do_eval": False}
     config = tiny_config("gpt2_ddm.yaml", tiny_models, output, datasets_cache, **{**settings, **overrides})
-    with pytest.raises(DiffusionInputError, match=message):
+    with pytest.raises(UserInputError, match=message):
         run_exp(config)
     assert _snapshot(output) == before
 
@@ -166,7 +167,7 @@ def test_diffusion_weights_under_zero3_fail_before_loading(tiny_models, datasets
                          deepspeed=str(EXAMPLES / "deepspeed" / "ds_z3_config.json"),
                          checkpoint_dir=str(tiny_models / "gpt2"))
     try:
-        with pytest.raises(DiffusionInputError, match="checkpoint_dir .* cannot be loaded under DeepSpeed ZeRO-3"):
+        with pytest.raises(UserInputError, match="checkpoint_dir .* cannot be loaded under DeepSpeed ZeRO-3"):
             run_exp(config)
     finally:
         unset_hf_deepspeed_config()

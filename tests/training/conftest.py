@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from packed_dataset import PackedWriter
+from diffullama_training.packed_dataset import PackedWriter
 from tests.tiny import corpus, tiny_llama, tiny_tokenizer
 
 TRAINING_DIR = Path(__file__).resolve().parents[2] / "DiffuLLaMA-training"
@@ -36,7 +36,7 @@ def tokenizer():
 def base_model(tmp_path_factory, tokenizer) -> Path:
     """An autoregressive tiny LLaMA checkpoint (the thing the trainer adapts)."""
     directory = tmp_path_factory.mktemp("base_model")
-    tiny_llama(len(tokenizer), max_positions=64).save_pretrained(directory)
+    tiny_llama(len(tokenizer), max_position_embeddings=64).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

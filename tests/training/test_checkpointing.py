@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from checkpointing import (
+from diffullama_training.checkpointing import (
     STATE_FILE,
     check_resumable,
     find_resume_checkpoint,
@@ -15,7 +15,7 @@ from checkpointing import (
     read_state,
     save_checkpoint,
 )
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 
 class OneProcess:
@@ -77,7 +77,7 @@ def test_resume_target_resolution(tmp_path):
     assert find_resume_checkpoint("auto", tmp_path) is None  # nothing saved yet: a fresh start
     (tmp_path / "checkpoint-5").mkdir()  # a directory without its state file is not a checkpoint
     assert find_resume_checkpoint("auto", tmp_path) is None
-    with pytest.raises(DiffusionInputError, match=f"not a complete checkpoint \\(no {STATE_FILE}\\)"):
+    with pytest.raises(UserInputError, match=f"not a complete checkpoint \\(no {STATE_FILE}\\)"):
         find_resume_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
     for step in (9, 100, 20):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -87,7 +87,7 @@ def test_resume_target_resolution(tmp_path):
 
 def test_resuming_with_another_global_batch_is_refused(tmp_path):
     check_resumable(_state(10), _state(0, learning_rate=1e-5), tmp_path)  # other settings may change
-    with pytest.raises(DiffusionInputError, match="gradient_accumulation=4, this run has 8; the global batch"):
+    with pytest.raises(UserInputError, match="gradient_accumulation=4, this run has 8; the global batch"):
         check_resumable(_state(10), _state(0, gradient_accumulation=8), tmp_path)
-    with pytest.raises(DiffusionInputError, match="data_parallel_size=8, this run has 16"):
+    with pytest.raises(UserInputError, match="data_parallel_size=8, this run has 16"):
         check_resumable(_state(10), _state(0, data_parallel_size=16), tmp_path)

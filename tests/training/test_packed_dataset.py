@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from packed_dataset import (
+from diffullama_training.packed_dataset import (
     MixedStream,
     PackedDataError,
     PackedSource,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llamafactory.ddm import DiffusionInputError
-from parallel import Layout, canonical_mode, check_mode
+from diffullama_training.parallel import Layout, canonical_mode, check_mode
+from llamafactory.errors import UserInputError
 
 GOOD = dict(world_size=4, sp_size=2, block_size=2048, attn_implementation="sdpa", anneal_steps=0,
             uses_deepspeed=True, cuda=True, num_heads=32, num_kv_heads=32)
@@ -15,7 +15,7 @@ def test_the_original_mode_name_is_an_alias_of_ring_attention():
     assert canonical_mode("dist_flash_attn") == "ring_attn"
     assert [canonical_mode(m) for m in ("data_parallel", "ulysses_attn", "ring_attn")] == [
         "data_parallel", "ulysses_attn", "ring_attn"]
-    with pytest.raises(DiffusionInputError, match="expected one of data_parallel, ulysses_attn, ring_attn"):
+    with pytest.raises(UserInputError, match="expected one of data_parallel, ulysses_attn, ring_attn"):
         canonical_mode("zigzag")
 
 
@@ -41,7 +41,7 @@ def test_valid_setups_pass():
     ],
 )
 def test_impossible_setups_fail_fast_with_the_reason(mode, change, message):
-    with pytest.raises(DiffusionInputError, match=message):
+    with pytest.raises(UserInputError, match=message):
         check_mode(mode, **{**GOOD, **change})
 
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import prepare_data
-from packed_dataset import packed_files, read_header, read_tokens
+from diffullama_training import prepare as prepare_data
+from diffullama_training.packed_dataset import packed_files, read_header, read_tokens
 from tests.tiny import corpus
 
 

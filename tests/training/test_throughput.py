@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-import throughput
+from diffullama_training import throughput
+from diffullama_training.throughput import ThroughputMeter, detect_peak_tflops, flops_per_token
 from tests.tiny import tiny_llama
-from throughput import ThroughputMeter, detect_peak_tflops, flops_per_token
 
 
 def _tiny_llama_matmul_params(vocab: int) -> int:

@@ -6,8 +6,7 @@ import argparse
 
 import pytest
 
-import train
-import trainer
+from diffullama_training import loop, run
 
 
 def _argv(base_model, packed_data, *extra) -> list[str]:
@@ -30,13 +29,13 @@ def _argv(base_model, packed_data, *extra) -> list[str]:
     ],
 )
 def test_bad_settings_exit_2_with_the_reason(base_model, packed_data, capsys, extra, message):
-    assert train.main(_argv(base_model, packed_data, *extra)) == 2
+    assert run.main(_argv(base_model, packed_data, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_original_flag_names_are_accepted(base_model, packed_data):
-    args = train.parse_args(_argv(base_model, packed_data, "--mask_token", "811", "--parallel_mode", "data_parallel",
+    args = run.parse_args(_argv(base_model, packed_data, "--mask_token", "811", "--parallel_mode", "data_parallel",
                                   "--gradient-accumulate-every", "4", "--wandb", "Diffusion"))
     assert (args.mask_token, args.parallel_mode, args.gradient_accumulate_every, args.wandb) == (
         811, "data_parallel", 4, "Diffusion")
@@ -45,11 +44,5 @@ def test_original_flag_names_are_accepted(base_model, packed_data):
 
 def test_learning_rate_warms_up_linearly_then_stays_constant():
     args = argparse.Namespace(learning_rate=2e-5, warmup_steps=4)
-    assert [trainer.learning_rate(s, args) for s in range(6)] == pytest.approx([5e-6, 1e-5, 1.5e-5, 2e-5, 2e-5, 2e-5])
-    assert trainer.learning_rate(0, argparse.Namespace(learning_rate=2e-5, warmup_steps=0)) == 2e-5
-
-
-def test_noise_seeds_differ_by_rank_step_and_micro_step_and_are_stable():
-    seeds = {trainer.noise_seed(1, r, s, m) for r in range(3) for s in range(3) for m in range(3)}
-    assert len(seeds) == 27 and trainer.noise_seed(1, 2, 3, 4) == trainer.noise_seed(1, 2, 3, 4)
-    assert all(0 <= seed < 2**63 for seed in seeds)
+    assert [loop.learning_rate(s, args) for s in range(6)] == pytest.approx([5e-6, 1e-5, 1.5e-5, 2e-5, 2e-5, 2e-5])
+    assert loop.learning_rate(0, argparse.Namespace(learning_rate=2e-5, warmup_steps=0)) == 2e-5

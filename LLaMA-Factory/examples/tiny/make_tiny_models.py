@@ -12,13 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from llamafactory.tiny import tiny_gpt2, tiny_llama, token_ids, train_bpe_tokenizer
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                  "sep_token": "<sep>", "mask_token": "<mask>"}
 
 
 def demo_texts() -> list[str]:
@@ -30,37 +26,20 @@ def demo_texts() -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIAL_TOKENS)
-
-
-def tiny_configs(tokenizer: PreTrainedTokenizerFast, positions: int) -> tuple[GPT2Config, LlamaConfig]:
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
-    gpt2 = GPT2Config(vocab_size=len(tokenizer), n_positions=positions, n_embd=64, n_layer=2, n_head=2, **ids)
-    llama = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
-                        tie_word_embeddings=False, **ids)
-    return gpt2, llama
-
-
 def write_tiny_models(output_dir: Path, seed: int = 0, vocab_size: int = 1000, positions: int = 128) -> list[Path]:
     """Train the tokenizer, then save ``gpt2/`` and ``llama/`` (weights + tokenizer) under ``output_dir``."""
-    tokenizer = train_tokenizer(demo_texts(), vocab_size)
+    tokenizer = train_bpe_tokenizer(demo_texts(), vocab_size)
+    ids = token_ids(tokenizer)
+    models = {
+        "gpt2": tiny_gpt2(len(tokenizer), n_embd=64, n_positions=positions, seed=seed, **ids),
+        "llama": tiny_llama(len(tokenizer), hidden_size=64, intermediate_size=128, max_position_embeddings=positions,
+                            seed=seed, **ids),
+    }
     written = []
-    for name, config, model_class in zip(("gpt2", "llama"), tiny_configs(tokenizer, positions),
-                                         (GPT2LMHeadModel, LlamaForCausalLM)):
-        torch.manual_seed(seed)
-        target = output_dir / name
-        model_class(config).save_pretrained(target)
-        tokenizer.save_pretrained(target)
-        written.append(target)
+    for name, model in models.items():
+        model.save_pretrained(output_dir / name)
+        tokenizer.save_pretrained(output_dir / name)
+        written.append(output_dir / name)
     return written
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 from . import __version__
+from .command_line import bool_word, run_command
 
 USAGE = f"""llamafactory-cli {__version__}: diffusion LMs adapted from autoregressive ones (DiffuGPT / DiffuLLaMA)
 
@@ -65,7 +66,7 @@ def _free_port() -> int:
 def _wants_torchrun() -> bool:
     if "LOCAL_RANK" in os.environ:  # already a torchrun worker
         return False
-    if os.environ.get("FORCE_TORCHRUN", "0").lower() in ("1", "true", "yes"):
+    if bool_word(os.environ.get("FORCE_TORCHRUN", "0")):
         return True
     import torch
 
@@ -92,15 +93,9 @@ def torchrun_command(train_args: list[str]) -> list[str]:
 def train(train_args: list[str]) -> int:
     if _wants_torchrun():
         return subprocess.run(torchrun_command(train_args), check=False).returncode
-    from .ddm import DiffusionInputError
     from .train import run_exp
 
-    try:
-        run_exp(train_args)
-    except DiffusionInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run_exp(train_args))
 
 
 def main(argv: list[str] | None = None) -> int:

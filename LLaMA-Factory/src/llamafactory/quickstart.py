@@ -16,23 +16,17 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from llamafactory.ddm import (
-    DiffusionInputError,
-    SamplingConfig,
-    generation_length,
-    load_diffusion_lm,
-    sample,
-    start_token_id,
-)
-from llamafactory.ddm.sampling import STRATEGIES
-from llamafactory.runtime import (
-    ATTENTION_IMPLEMENTATIONS,
-    DTYPES,
+from .command_line import (
+    add_bool_flag,
+    add_model_arguments,
     check_attention_implementation,
-    parse_bool,
     resolve_device,
     resolve_dtype,
+    run_command,
 )
+from .ddm import SamplingConfig, generation_length, load_diffusion_lm, sample, start_token_id
+from .ddm.sampling import STRATEGIES
+from .errors import UserInputError
 
 logger = logging.getLogger("llamafactory.quickstart")
 
@@ -40,7 +34,7 @@ logger = logging.getLogger("llamafactory.quickstart")
 
 @dataclass(frozen=True)
 class Defaults:
-    """Per-model-family defaults of the quick-start scripts (SPEC 6)."""
+    """Per-model-family defaults of the quick-start scripts (docs/design.md#sampling)."""
 
     description: str
     model_name: str
@@ -55,25 +49,15 @@ DIFFULLAMA = Defaults("Sample from a DiffuLLaMA checkpoint.", "diffusionfamily/d
 def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=defaults.description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model_name", default=defaults.model_name, help="Hub id or local checkpoint directory")
-    parser.add_argument("--base_model_name", default=defaults.base_model_name,
-                        help="base AR model, used only for its config/tokenizer when the checkpoint lacks them")
-    parser.add_argument("--adapter", action="append", default=[], help="PEFT LoRA adapter to merge (repeatable)")
-    parser.add_argument("--shift", type=parse_bool, nargs="?", const=True, default=True,
-                        help="output i predicts token i+1 (true for all released models)")
+    add_model_arguments(parser, model_name=defaults.model_name, base_model_name=defaults.base_model_name)
+    add_bool_flag(parser, "--shift", True, "output i predicts token i+1 (true for all released models)")
     parser.add_argument("--diffusion_steps", type=int, default=64, help="number of reverse steps T")
     parser.add_argument("--logits_temp", type=float, default=defaults.logits_temp, help="softmax temperature")
     parser.add_argument("--topp_temp", type=float, default=0.9, help="nucleus (top-p) mass; 1 disables")
     parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="random",
                         help="which masked positions to fix at each step")
-    parser.add_argument("--greedy", type=parse_bool, nargs="?", const=True, default=False,
-                        help="argmax instead of sampling")
-    parser.add_argument("--verbose", type=parse_bool, nargs="?", const=True, default=False,
-                        help="print the sequence after every step")
-    parser.add_argument("--flash_attn", choices=ATTENTION_IMPLEMENTATIONS, default="sdpa", help="attention implementation")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                        help="auto: bfloat16 on CUDA, float32 on CPU")
+    add_bool_flag(parser, "--greedy", False, "argmax instead of sampling")
+    add_bool_flag(parser, "--verbose", False, "print the sequence after every step")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--prompt", default="Today is a wonderful day,", help="prefix for the conditional sample")
     parser.add_argument("--gen_len", type=int, default=None,
@@ -84,11 +68,11 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     if args.diffusion_steps < 1:
-        raise DiffusionInputError(f"--diffusion_steps must be >= 1, got {args.diffusion_steps}")
+        raise UserInputError(f"--diffusion_steps must be >= 1, got {args.diffusion_steps}")
     if args.num_samples < 1:
-        raise DiffusionInputError(f"--num_samples must be >= 1, got {args.num_samples}")
+        raise UserInputError(f"--num_samples must be >= 1, got {args.num_samples}")
     if args.gen_len is not None and args.gen_len < 2:
-        raise DiffusionInputError(f"--gen_len must be >= 2, got {args.gen_len}")
+        raise UserInputError(f"--gen_len must be >= 2, got {args.gen_len}")
 
 
 def _generate(model, prefix: list[int], length: int, config: SamplingConfig, args) -> list[list[int]]:
@@ -117,14 +101,14 @@ def run(args: argparse.Namespace) -> None:
     check_attention_implementation(args.flash_attn, device)
     model, tokenizer = load_diffusion_lm(
         args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=resolve_dtype(args.dtype, device),
-        attn_implementation=args.flash_attn, device=device, shift=args.shift,
+        attn_implementation=args.flash_attn, device=device, shift=args.shift, trust_remote_code=args.trust_remote_code,
     )
     args.tokenizer = tokenizer
     length = args.gen_len or generation_length(model.config)
     start = start_token_id(tokenizer)
     prefix = [start] + tokenizer.encode(args.prompt, add_special_tokens=False)
     if len(prefix) >= length:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"the prompt is {len(prefix)} tokens (with the start token) but the generation length is {length}; "
             "use a shorter --prompt or a larger --gen_len"
         )
@@ -145,9 +129,4 @@ def main(defaults: Defaults, argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one ``error:`` line and return 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(defaults).parse_args(argv)
-    try:
-        run(args)
-    except DiffusionInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args))

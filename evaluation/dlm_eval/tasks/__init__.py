@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from . import choice, gsm8k, humaneval, lambada, rocstories, triviaqa
 from .base import Settings, Task, TaskResult
@@ -19,7 +19,7 @@ def select_tasks(spec: str) -> list[Task]:
     names = list(PAPER_TASKS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [name for name in names if name not in TASKS]
     if unknown or not names:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"unknown task(s) {', '.join(unknown) or '(none given)'}; expected 'all' or names from: {', '.join(TASKS)}"
         )
     return [TASKS[name] for name in dict.fromkeys(names)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine
@@ -50,7 +50,7 @@ def _label(task: str, source: Path | str, number: int, text: str, count: int, ba
     except ValueError:
         value = -1
     if not 0 <= value < count:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"task {task}: label {text!r} of record {number} in {source} is not one of {base}..{base + count - 1}"
         )
     return value
@@ -59,7 +59,7 @@ def _label(task: str, source: Path | str, number: int, text: str, count: int, ba
 def _aligned_labels(task: str, records: list[Any], labels_path: Path) -> list[str]:
     labels = read_lines(labels_path)
     if len(labels) != len(records):
-        raise DiffusionInputError(
+        raise UserInputError(
             f"task {task}: {labels_path} holds {len(labels)} labels for {len(records)} records; they must align"
         )
     return labels
@@ -95,7 +95,7 @@ def load_hellaswag(source: DataSource) -> list[ChoiceExample]:
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
-        raise DiffusionInputError(f"task hellaswag: {path} has {len(lines)} lines; expected 6 per task")
+        raise UserInputError(f"task hellaswag: {path} has {len(lines)} lines; expected 6 per task")
     return [
         _hellaswag(n, lines[i], lines[i + 2 : i + 6], _label("hellaswag", path, n, lines[i + 1], 4, 0))
         for n, i in enumerate(range(0, len(lines), 6))
@@ -125,7 +125,7 @@ def load_winogrande(source: DataSource) -> list[ChoiceExample]:
     for n, row in enumerate(read_jsonl(path)):
         require_fields("winogrande", path, n + 1, row, ("context_options", "continuation", "gold"))
         if len(row["context_options"]) != 2:
-            raise DiffusionInputError(f"task winogrande: record {n + 1} of {path} needs 2 context_options")
+            raise UserInputError(f"task winogrande: record {n + 1} of {path} needs 2 context_options")
         examples.append(_winogrande(n, row["context_options"], row["continuation"],
                                     _label("winogrande", path, n + 1, row["gold"], 2, 0)))
     return examples

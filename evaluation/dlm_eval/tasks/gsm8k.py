@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from ..data import DataSource, HubDataset, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
@@ -56,7 +56,7 @@ def load_gsm8k(source: DataSource) -> list[MathExample]:
         require_fields("gsm8k", path or "the Hub split", n + 1, row, ("question", "answer"))
         gold = final_number(row["answer"])
         if gold is None:
-            raise DiffusionInputError(f"task gsm8k: answer {n + 1} of {path or 'the Hub split'} has no '#### n' line")
+            raise UserInputError(f"task gsm8k: answer {n + 1} of {path or 'the Hub split'} has no '#### n' line")
         examples.append(MathExample(f"gsm8k/{n}", row["question"], row["answer"], gold))
     return examples
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine, FillRequest
@@ -27,7 +27,7 @@ class LastWordExample:
 def split_last_word(task: str, number: int, text: str) -> LastWordExample:
     words = text.split()
     if len(words) < 2:
-        raise DiffusionInputError(f"task {task}: passage {number} has fewer than two words")
+        raise UserInputError(f"task {task}: passage {number} has fewer than two words")
     return LastWordExample(f"{task}/{number}", " ".join(words[:-1]), words[-1])
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rouge_score import rouge_scorer
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 from ..data import DataSource, read_csv, require_fields
 from ..engine import Engine, FillRequest
@@ -39,7 +39,7 @@ def load_rocstories(source: DataSource) -> list[InfillExample]:
         require_fields("rocstories", path, n + 1, row, _COLUMNS)
         choice = row["AnswerRightEnding"].strip()
         if choice not in ("1", "2"):
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"task rocstories: AnswerRightEnding {choice!r} in row {n + 1} of {path}; expected 1 or 2"
             )
         ending = row[f"RandomFifthSentenceQuiz{choice}"]

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from llamafactory.ddm import DiffusionLM, SamplingConfig, load_diffusion_lm, sample
+from llamafactory.model.generation import generate_continuations
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +107,12 @@ def groups(examples: Sequence[Example], batch_size: int) -> Iterable[list[int]]:
 Generator = Callable[[list[Example]], list[tuple[int, ...]]]
 
 
-@torch.no_grad()
-def ar_generate(model: PreTrainedModel) -> Generator:
-    """Greedy left-to-right decoding of ``len(target)`` tokens from ``before`` alone."""
+def ar_generate(model: PreTrainedModel, pad_id: int) -> Generator:
+    """Greedy left-to-right decoding of ``len(target)`` tokens from ``before`` alone (no early stop)."""
 
     def generate(batch: list[Example]) -> list[tuple[int, ...]]:
-        ids = torch.tensor([example.before for example in batch])
-        for _ in range(len(batch[0].target)):
-            next_token = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(dim=-1)
-            ids = torch.cat([ids, next_token[:, None]], dim=1)
-        return [tuple(row) for row in ids[:, len(batch[0].before) :].tolist()]
+        generated = generate_continuations(model, [e.before for e in batch], len(batch[0].target), pad_id=pad_id)
+        return [tuple(row) for row in generated]
 
     return generate
 
@@ -209,10 +206,10 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
 
     ar_decoding = "greedy, prefix only"
     for task, examples in sets.items():
-        run(AR_NAME, ar_decoding, ar_generate(ar_model), task, examples)
+        run(AR_NAME, ar_decoding, ar_generate(ar_model, tokenizer.pad_token_id), task, examples)
     if args.ar_sft is not None:
         tuned_ar = AutoModelForCausalLM.from_pretrained(args.ar_sft).eval()
-        run(AR_SFT_NAME, "greedy", ar_generate(tuned_ar), "reverse", [encoder.reverse_as_ar_sft(r) for r in rows["reverse"]])
+        run(AR_SFT_NAME, "greedy", ar_generate(tuned_ar, tokenizer.pad_token_id), "reverse", [encoder.reverse_as_ar_sft(r) for r in rows["reverse"]])
     diffusion, _ = load_diffusion_lm(args.diffusion, device="cpu")
     for steps in args.steps:
         for task, examples in sets.items():

@@ -1,4 +1,4 @@
-"""Export a ``ddm`` checkpoint in the DiffuGPT Hub layout (SPEC 8) as the bundled default model.
+"""Export a ``ddm`` checkpoint in the DiffuGPT Hub layout (docs/design.md#checkpoint-layouts) as the bundled default model.
 
 The folder gets the GPT-2 ``config.json`` (bidirectional, with its sampling length), one
 ``model.safetensors`` with ``embed_tokens.*`` / ``denoise_model.*`` keys, the tokenizer files and a
@@ -13,7 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from llamafactory.ddm import DiffusionInputError, load_causal_lm, load_tokenizer, save_diffusion_checkpoint
+from llamafactory.ddm import load_causal_lm, load_tokenizer, save_diffusion_checkpoint
+from llamafactory.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ def export(checkpoint: Path, out: Path, length: int) -> Path:
     tokenizer = load_tokenizer(checkpoint)
     limit = model.config.n_positions
     if not 0 < length <= limit:
-        raise DiffusionInputError(f"--length {length} must be between 1 and the model's {limit} positions")
+        raise UserInputError(f"--length {length} must be between 1 and the model's {limit} positions")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if weight_bytes > MAX_BYTES:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"{checkpoint} holds {weight_bytes / 2**20:.1f} MiB of weights, over the {MAX_BYTES // 2**20} MiB "
             "limit for bundled models"
         )
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = export(args.checkpoint, args.out, args.length)
-    except DiffusionInputError as error:
+    except UserInputError as error:
         raise SystemExit(f"error: {error}") from None
     logger.info("exported %s (%.1f MiB)", out, folder_bytes(out) / 2**20)
 

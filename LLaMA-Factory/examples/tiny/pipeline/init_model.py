@@ -12,13 +12,14 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
+
+from llamafactory.tiny import tiny_gpt2, token_ids
 
 logger = logging.getLogger(__name__)
 
 
-def tiny_gpt2(
+def pipeline_gpt2(
     tokenizer, n_embd: int, n_layer: int, n_head: int, n_positions: int, seed: int, dropout: float = 0.0
 ) -> GPT2LMHeadModel:
     """A GPT-2 over ``tokenizer``'s vocabulary, its special ids recorded in the config.
@@ -27,13 +28,8 @@ def tiny_gpt2(
     """
     if n_embd % n_head:
         raise SystemExit(f"--n-embd {n_embd} must be a multiple of --n-head {n_head}")
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-    )
-    return GPT2LMHeadModel(config)
+    return tiny_gpt2(len(tokenizer), n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions,
+                     seed=seed, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **token_ids(tokenizer))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    model = tiny_gpt2(tokenizer, args.n_embd, args.n_layer, args.n_head, args.n_positions, args.seed,
+    model = pipeline_gpt2(tokenizer, args.n_embd, args.n_layer, args.n_head, args.n_positions, args.seed,
                       args.dropout)
     model.save_pretrained(args.out, safe_serialization=True)
     tokenizer.save_pretrained(args.out)

@@ -17,8 +17,9 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from llamafactory.tiny import train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,8 @@ def corpus_lines(path: Path) -> Iterator[str]:
 
 def train_tokenizer(lines: Iterator[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE over ``lines`` with the special tokens above (none is added automatically)."""
-    bpe = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(dict.fromkeys(SPECIAL_TOKENS.values())),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(lines, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, model_max_length=max_length, **SPECIAL_TOKENS)
+    return train_bpe_tokenizer(lines, vocab_size, special_tokens=SPECIAL_TOKENS, add_prefix_space=True,
+                               model_max_length=max_length)
 
 
 def main(argv: list[str] | None = None) -> None:

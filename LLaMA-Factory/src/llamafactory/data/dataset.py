@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, load_from_disk
 
-from ..ddm import DiffusionInputError
+from ..errors import UserInputError
 from .loader import AnyDataset, load_merged
 from .processors import FramingTokens, ddm_sft_batch, pretrain_batch, supervised_batch
-from .registry import check_sources_exist, get_dataset_attrs
+from .registry import check_datasets
 from .templates import get_template
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def split_validation(train: AnyDataset, val_size: float, seed: int, keep_train: 
     size = int(val_size) if val_size >= 1 else val_size
     if isinstance(size, int) and size >= len(train):
         if keep_train:
-            raise DiffusionInputError(f"val_size {size} leaves no training data ({len(train)} sequences)")
+            raise UserInputError(f"val_size {size} leaves no training data ({len(train)} sequences)")
         return DatasetSplits(train=None, eval=train)
     parts = train.train_test_split(test_size=size, seed=seed)
     return DatasetSplits(train=parts["train"] if keep_train else None, eval=parts["test"])
@@ -66,9 +66,8 @@ def load_raw_splits(data_args: DataArguments, model_args: ModelArguments, traini
         logger.info("using the tokenised data in %s; other data keys are ignored", data_args.tokenized_path)
         return None
     supervised = stage in ("sft", "ddm-sft")
-    train_attrs = get_dataset_attrs(data_args.dataset_names, data_args.dataset_dir)
-    eval_attrs = get_dataset_attrs(data_args.eval_dataset_names, data_args.dataset_dir)
-    check_sources_exist(train_attrs + eval_attrs)
+    train_attrs = check_datasets(data_args.dataset_names, data_args.dataset_dir, stage)
+    eval_attrs = check_datasets(data_args.eval_dataset_names, data_args.dataset_dir, stage)
     needs_train = training_args.do_train or not eval_attrs  # without eval_dataset, evaluation comes from it
     train = load_merged(train_attrs, data_args, model_args, supervised) if train_attrs and needs_train else None
     evaluation = load_merged(eval_attrs, data_args, model_args, supervised) if eval_attrs else None
@@ -101,7 +100,7 @@ def _check_columns(dataset: AnyDataset, stage: str, source: str) -> None:
     columns = dataset.column_names or list(next(iter(dataset)))
     missing = [c for c in STAGE_COLUMNS[stage] if c not in columns]
     if missing:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"{source} lacks column(s) {', '.join(missing)} that stage {stage} needs (it has {', '.join(columns)}); "
             "tokenise again for this stage"
         )
@@ -131,7 +130,7 @@ def tokenize_splits(raw: DatasetSplits, tokenizer: Any, tokens: FramingTokens, d
         )
     for name, split in (("training", splits.train), ("evaluation", splits.eval)):
         if isinstance(split, Dataset) and len(split) == 0:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"no {name} sequences after tokenising (cutoff_len {data_args.cutoff_len} longer than all the text "
                 "together with packing?)"
             )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
-from ..ddm import DiffusionInputError
+from ..errors import UserInputError
 from .registry import DatasetAttr
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def _local_files(attr: DatasetAttr) -> tuple[str, list[str]]:
     kinds = {BUILDERS.get(p.suffix.lower()) for p in files}
     if not files or None in kinds or len(kinds) != 1:
         found = ", ".join(sorted({p.suffix or p.name for p in files})) or "nothing"
-        raise DiffusionInputError(
+        raise UserInputError(
             f"{attr.describe()}: expected files of one type among {', '.join(BUILDERS)}; found {found}"
         )
     return kinds.pop(), [str(p) for p in files]
@@ -47,11 +47,11 @@ def load_source(attr: DatasetAttr, data_args: DataArguments, model_args: ModelAr
                                 cache_dir=model_args.cache_dir)
         return load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
                             streaming=data_args.streaming, cache_dir=model_args.cache_dir)
-    except DiffusionInputError:
+    except UserInputError:
         raise
     except Exception as error:  # missing files, bad JSON, no network: all mean "cannot read this dataset"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DiffusionInputError(f"cannot load {attr.describe()}: {type(error).__name__}: {reason}") from None
+        raise UserInputError(f"cannot load {attr.describe()}: {type(error).__name__}: {reason}") from None
 
 
 def _column_names(dataset: AnyDataset) -> list[str]:
@@ -72,7 +72,7 @@ def _mapping(attr: DatasetAttr, supervised: bool, available: list[str]) -> dict[
         mapping, required = {"text": attr.text_column()}, ("text",)
     for role in required:
         if mapping[role] not in available:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"{attr.describe()}: column '{mapping[role]}' (role {role}) not found; "
                 f"the data has columns: {', '.join(available) or 'none'}"
             )

@@ -3,7 +3,7 @@
 * pre-training (``pt`` and ``ddm``): each text + EOS; with packing the batch is concatenated and cut into
   ``cutoff_len`` blocks (the tail shorter than a block is dropped), else each text is truncated.
 * ``sft``: ``[BOS] prompt response [EOS]``; labels hide BOS and the prompt (IGNORE_INDEX).
-* ``ddm-sft`` (SPEC 5): ``[BOS] prompt [SEP] response [EOS]`` right-padded with PAD to ``cutoff_len``;
+* ``ddm-sft`` (docs/design.md#supervised-fine-tuning-layout-ddm-sft): ``[BOS] prompt [SEP] response [EOS]`` right-padded with PAD to ``cutoff_len``;
   ``src_mask`` is True on the first ``len(prompt) + 2`` positions.
 Too long: keep the response and cut the prompt from the left; a response that alone does not fit loses
 its end.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..ddm import DiffusionInputError
+from ..errors import UserInputError
 
 REGISTRY_FILE = "dataset_info.json"
 ROLES = ("text", "prompt", "query", "response", "system")
@@ -62,35 +62,35 @@ def read_registry(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
     """The parsed ``dataset_info.json`` of ``dataset_dir``."""
     path = Path(dataset_dir) / REGISTRY_FILE
     if not path.is_file():
-        raise DiffusionInputError(
+        raise UserInputError(
             f"dataset registry {path} not found; set dataset_dir to a folder holding {REGISTRY_FILE}"
         )
     try:
         registry = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise DiffusionInputError(f"{path} is not valid JSON ({error})") from None
+        raise UserInputError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(registry, dict):
-        raise DiffusionInputError(f"{path} must hold a JSON object mapping dataset names to entries")
+        raise UserInputError(f"{path} must hold a JSON object mapping dataset names to entries")
     return registry
 
 
 def _parse_entry(name: str, entry: Any, dataset_dir: Path) -> DatasetAttr:
     if not isinstance(entry, dict):
-        raise DiffusionInputError(f"dataset '{name}' in {REGISTRY_FILE} must be an object, got {type(entry).__name__}")
+        raise UserInputError(f"dataset '{name}' in {REGISTRY_FILE} must be an object, got {type(entry).__name__}")
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
     if unknown:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"dataset '{name}' in {REGISTRY_FILE} has unsupported key(s) {', '.join(unknown)}; "
             f"expected some of {', '.join(ENTRY_KEYS)}"
         )
     formatting = entry.get("formatting", "alpaca")
     if formatting != "alpaca":
-        raise DiffusionInputError(f"dataset '{name}': formatting '{formatting}' is not supported (only alpaca)")
+        raise UserInputError(f"dataset '{name}': formatting '{formatting}' is not supported (only alpaca)")
     columns = entry.get("columns")
     if columns is not None:
         bad = sorted(set(columns) - set(ROLES))
         if bad or not all(isinstance(v, str) for v in columns.values()):
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"dataset '{name}': columns must map roles ({', '.join(ROLES)}) to column names; got {columns}"
             )
     if "file_name" in entry:
@@ -98,7 +98,7 @@ def _parse_entry(name: str, entry: Any, dataset_dir: Path) -> DatasetAttr:
     elif "hf_hub_url" in entry:
         source, path = "hub", str(entry["hf_hub_url"])
     else:
-        raise DiffusionInputError(f"dataset '{name}' in {REGISTRY_FILE} needs file_name or hf_hub_url")
+        raise UserInputError(f"dataset '{name}' in {REGISTRY_FILE} needs file_name or hf_hub_url")
     return DatasetAttr(
         name=name, source=source, path=path, columns=dict(columns) if columns is not None else None,
         subset=entry.get("subset"), split=entry.get("split", "train"), folder=entry.get("folder"),
@@ -112,15 +112,27 @@ def get_dataset_attrs(names: list[str], dataset_dir: str | Path) -> list[Dataset
     for name in names:
         if name not in registry:
             known = ", ".join(sorted(registry)) or "none"
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"unknown dataset '{name}': not in {Path(dataset_dir) / REGISTRY_FILE} (registered: {known})"
             )
         attrs.append(_parse_entry(name, registry[name], Path(dataset_dir)))
     return attrs
 
 
-def check_sources_exist(attrs: list[DatasetAttr]) -> None:
-    """Fail when a local dataset file or folder is missing (Hub datasets are checked when loaded)."""
+SUPERVISED_STAGES = ("sft", "ddm-sft")
+
+
+def check_datasets(names: list[str], dataset_dir: str | Path, stage: str) -> list[DatasetAttr]:
+    """The registry entries for ``names``, each checked to exist locally (Hub sets are checked when loaded)
+    and to have the columns ``stage`` reads: prompt and response for sft / ddm-sft, text otherwise."""
+    attrs = get_dataset_attrs(names, dataset_dir)
     for attr in attrs:
         if attr.source == "file" and not Path(attr.path).exists():
-            raise DiffusionInputError(f"{attr.describe()}: file {attr.path} does not exist")
+            raise UserInputError(f"{attr.describe()}: file {attr.path} does not exist")
+        if stage in SUPERVISED_STAGES and not attr.has_prompt_response:
+            raise UserInputError(
+                f"{attr.describe()} has no prompt/response columns ({attr.columns}); stage {stage} needs them"
+            )
+        if stage not in SUPERVISED_STAGES and not attr.has_text:
+            raise UserInputError(f"{attr.describe()} has no text column ({attr.columns}); stage {stage} needs one")
+    return attrs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ddm import DiffusionInputError
+from ..errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -42,5 +42,5 @@ TEMPLATES: dict[str, Template] = {
 
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
-        raise DiffusionInputError(f"unknown template '{name}'; expected one of {', '.join(TEMPLATES)}")
+        raise UserInputError(f"unknown template '{name}'; expected one of {', '.join(TEMPLATES)}")
     return TEMPLATES[name]

@@ -12,24 +12,33 @@ from .checkpoints import (
     load_diffusion_lm,
     load_tokenizer,
     load_weights_into,
-    resolve_checkpoint_dir,
+    position_limit,
+    record_generation_length,
     save_diffusion_checkpoint,
 )
-from .errors import DiffusionInputError
-from .model import DiffusionLM, align_to_tokens, is_bidirectional, make_bidirectional
+from .model import (
+    DiffusionLM,
+    align_to_outputs,
+    align_to_tokens,
+    first_predicted_token,
+    is_bidirectional,
+    make_bidirectional,
+    predicting_output,
+)
 from .noise import (
     DiffusionLoss,
     anneal_ratio,
     annealed_attention_mask,
     corrupt,
     diffusion_loss,
-    masked_cross_entropy,
     maskable_positions,
+    masked_cross_entropy,
+    noise_seed,
     sample_noise_level,
     training_loss,
 )
 from .sampling import STRATEGIES, SamplingConfig, SamplingOutput, random_keep, sample, topk_confidence
-from .scoring import level_masks, score_continuations, sequence_nll
+from .scoring import level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
 from .tokens import (
     DEFAULT_MASK_TOKEN,
     KNOWN_MODELS,
@@ -40,11 +49,13 @@ from .tokens import (
 )
 
 __all__ = [
-    "DEFAULT_MASK_TOKEN", "KNOWN_MODELS", "STRATEGIES", "DiffusionInputError", "DiffusionLM", "DiffusionLoss",
-    "SamplingConfig", "SamplingOutput", "SpecialTokens", "add_mask_token", "align_to_tokens", "anneal_ratio",
-    "annealed_attention_mask", "apply_adapters", "corrupt", "detect_layout", "diffusion_loss",
-    "generation_length", "is_bidirectional", "load_causal_lm", "load_diffusion_lm", "load_tokenizer",
-    "load_weights_into", "make_bidirectional", "maskable_positions", "masked_cross_entropy", "level_masks",
-    "random_keep", "resolve_checkpoint_dir", "resolve_special_tokens", "sample", "sample_noise_level",
-    "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "start_token_id", "topk_confidence", "training_loss",
+    "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
+    "apply_adapters", "corrupt", "DEFAULT_MASK_TOKEN", "detect_layout", "diffusion_loss", "DiffusionLM",
+    "DiffusionLoss", "first_predicted_token", "generation_length", "is_bidirectional", "KNOWN_MODELS",
+    "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
+    "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
+    "noise_seed", "position_limit", "predicting_output", "random_keep", "record_generation_length",
+    "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
+    "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "SpecialTokens", "start_token_id",
+    "STRATEGIES", "topk_confidence", "training_loss",
 ]

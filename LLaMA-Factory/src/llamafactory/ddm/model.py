@@ -13,7 +13,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .tokens import SpecialTokens
 
-
 # Config keys of architectures whose logits are transformed after the output head.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -39,15 +38,37 @@ def is_bidirectional(model: nn.Module) -> bool:
     return getattr(model.config, "is_causal", True) is False
 
 
-def align_to_tokens(logits: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Re-index logits so that row ``i`` is the prediction for token ``i``.
+# The shift convention (docs/design.md#shift): with ``shift`` the output at position ``i`` predicts token
+# ``i + 1``, as in the AR model, so token 0 has no prediction and is always given (BOS). Every module
+# that pairs outputs with tokens goes through the four functions below.
 
-    With ``shift`` the output at ``i`` predicts token ``i + 1`` (as in the AR model), so the prediction
-    for token ``i`` is output ``i - 1``; token 0 is never predicted and receives output 0 as filler.
+
+def first_predicted_token(shift: bool) -> int:
+    """Index of the first token some output predicts: tokens before it are always given."""
+    return 1 if shift else 0
+
+
+def predicting_output(positions: torch.Tensor, shift: bool) -> torch.Tensor:
+    """The output index whose prediction is the token at each of ``positions``."""
+    return positions - 1 if shift else positions
+
+
+def align_to_tokens(logits: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Re-index ``[batch, length, ...]`` outputs so that row ``i`` is the prediction for token ``i``.
+
+    Under shift token 0 is never predicted and receives output 0 as filler.
     """
     if not shift:
         return logits
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def align_to_outputs(values: torch.Tensor, shift: bool, fill: int | bool | float) -> torch.Tensor:
+    """Re-index per-token ``[batch, length]`` values (targets, masks) per output: under shift output ``i``
+    gets token ``i + 1``'s value and the last output, which predicts nothing, gets ``fill``."""
+    if not shift:
+        return values
+    return torch.cat([values[:, 1:], torch.full_like(values[:, :1], fill)], dim=1)
 
 
 class DiffusionLM(nn.Module):
@@ -103,5 +124,6 @@ class DiffusionLM(nn.Module):
         return self.causal_lm().get_output_embeddings()
 
     def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits where row ``i`` predicts token ``i`` (the shift undone), for sampling and scoring."""
+        """Logits where row ``i`` predicts token ``i`` (the shift undone): the plain reference that tests and
+        benchmarks compare the sampler's and scorer's own, cheaper paths against."""
         return align_to_tokens(self(input_ids, attention_mask), self.shift)

@@ -1,4 +1,4 @@
-"""Forward corruption, the ELBO-weighted loss and the annealed attention mask (SPEC 3 and 4).
+"""Forward corruption, the ELBO-weighted loss and the annealed attention mask (docs/design.md#objective, #attention-mask-annealing).
 
 Absorbing-state (masked) discrete diffusion with the linear schedule ``alpha_t = 1 - t``: a sequence at
 noise level ``t`` has each non-given token replaced by the mask token with probability ``t``; the
@@ -7,13 +7,15 @@ denoiser is trained with cross-entropy on masked positions, each weighted by ``1
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .errors import DiffusionInputError
+from ..errors import UserInputError
+from .model import align_to_outputs, first_predicted_token
 
 EPS = 1e-3
 
@@ -25,6 +27,13 @@ class DiffusionLoss:
     loss: torch.Tensor
     unweighted_loss: torch.Tensor
     num_masked: torch.Tensor
+
+
+def noise_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
+    """A 63-bit generator seed for one micro-batch's noise, distinct for every (run seed, optimiser step,
+    micro-batch, data-parallel rank): a run resumed at any step draws the noise the uninterrupted run drew."""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro_step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def sample_noise_level(
@@ -44,12 +53,11 @@ def maskable_positions(input_ids: torch.Tensor, src_mask: torch.Tensor | None, s
     maskable = torch.ones_like(input_ids, dtype=torch.bool)
     if src_mask is not None:
         if src_mask.shape != input_ids.shape:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"src_mask has shape {tuple(src_mask.shape)}, expected that of input_ids {tuple(input_ids.shape)}"
             )
         maskable &= ~src_mask.bool()
-    if shift:
-        maskable[:, 0] = False
+    maskable[:, : first_predicted_token(shift)] = False
     return maskable
 
 
@@ -88,10 +96,9 @@ def masked_cross_entropy(
     Only the masked rows of ``logits`` are upcast, ``chunk_size`` rows at a time; with autograd on,
     each chunk is recomputed in backward so the float32 ``[rows, vocab]`` block never lives at once.
     """
-    if shift:
-        logits, input_ids, masked = logits[:, :-1], input_ids[:, 1:], masked[:, 1:]
-    selected = logits[masked]  # [num_masked, vocab], model dtype
-    targets = input_ids[masked]
+    scored = align_to_outputs(masked, shift, False)
+    selected = logits[scored]  # [num_masked, vocab], model dtype
+    targets = align_to_outputs(input_ids, shift, 0)[scored]
     pieces = []
     for start in range(0, selected.shape[0], chunk_size):
         rows, tgt = selected[start : start + chunk_size], targets[start : start + chunk_size]
@@ -113,13 +120,13 @@ def diffusion_loss(
     shift: bool = True,
     chunk_size: int = 4096,
 ) -> DiffusionLoss:
-    """The SPEC 3 objective from raw logits of the noisy input.
+    """The training objective (docs/design.md#objective) from raw logits of the noisy input.
 
     ``loss = sum(ce / t) / num_masked`` over the batch; with no masked token it is an exact zero that
     still depends on the logits, so backward and distributed gradient sync keep working.
     """
     token_ce = masked_cross_entropy(logits, input_ids, masked, shift=shift, chunk_size=chunk_size)
-    scored = masked[:, 1:] if shift else masked
+    scored = align_to_outputs(masked, shift, False)
     rows = torch.nonzero(scored, as_tuple=True)[0]
     weights = 1.0 / t.float()[rows]
     num_masked = scored.sum()
@@ -137,7 +144,7 @@ def diffusion_loss(
 def anneal_ratio(step: int, anneal_steps: int) -> float:
     """Fraction of future keys opened at optimiser step ``step``: ``min(1, (step + 1) / anneal_steps)``."""
     if anneal_steps < 1:
-        raise DiffusionInputError(f"anneal_steps must be >= 1, got {anneal_steps}")
+        raise UserInputError(f"anneal_steps must be >= 1, got {anneal_steps}")
     return min(1.0, (step + 1) / anneal_steps)
 
 
@@ -179,7 +186,7 @@ def training_loss(
     """One diffusion training step's loss for a bidirectional causal LM (DDP/DeepSpeed/peft-wrapped ok).
 
     Draws ``t``, corrupts ``input_ids`` outside ``src_mask``, runs the model with the annealed mask for
-    ratio ``anneal`` (none at 1) and returns the SPEC 3 loss. Calls the model's own forward so that
+    ratio ``anneal`` (none at 1) and returns the training loss. Calls the model's own forward so that
     distributed wrappers see the step.
     """
     t = sample_noise_level(input_ids.shape[0], eps=eps, device=input_ids.device, generator=generator)

@@ -1,4 +1,4 @@
-"""Reverse diffusion (SPEC 6): one loop, with a pluggable rule for which masked positions to fix.
+"""Reverse diffusion (docs/design.md#sampling): one loop, with a pluggable rule for which masked positions to fix.
 
 Each of the ``T`` steps predicts every position at once, draws a candidate token and its log-probability
 for each still-masked position, and asks a *strategy* which of them to fix now. Given positions
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DiffusionInputError
-from .model import align_to_tokens
+from ..errors import UserInputError
+from .model import align_to_tokens, first_predicted_token
 
 # (masked [B, L] bool, confidence [B, L] float, steps_left t in T-1..1, total T, n_maskable [B],
 #  per-row generators) -> bool [B, L]: which masked positions to fix at this step.
@@ -50,7 +50,7 @@ STRATEGIES: dict[str, Strategy] = {"random": random_keep, "topk": topk_confidenc
 
 @dataclass
 class SamplingConfig:
-    """Sampler settings; defaults are the quick-start ones of DiffuGPT (SPEC 6)."""
+    """Sampler settings; defaults are the quick-start ones of DiffuGPT (docs/design.md#sampling)."""
 
     steps: int = 64
     temperature: float = 0.95
@@ -62,13 +62,13 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if self.steps < 1:
-            raise DiffusionInputError(f"diffusion_steps must be >= 1, got {self.steps}")
+            raise UserInputError(f"diffusion_steps must be >= 1, got {self.steps}")
         if self.temperature <= 0:
-            raise DiffusionInputError(f"logits_temp must be > 0, got {self.temperature}")
+            raise UserInputError(f"logits_temp must be > 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise DiffusionInputError(f"topp_temp must be in (0, 1], got {self.top_p}")
+            raise UserInputError(f"topp_temp must be in (0, 1], got {self.top_p}")
         if isinstance(self.strategy, str) and self.strategy not in STRATEGIES:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
             )
 
@@ -146,7 +146,7 @@ def _generators(
         return [generator] * batch_size
     generators = list(generator)
     if len(generators) != batch_size:
-        raise DiffusionInputError(f"got {len(generators)} generators for a batch of {batch_size} rows")
+        raise UserInputError(f"got {len(generators)} generators for a batch of {batch_size} rows")
     return generators
 
 
@@ -172,10 +172,9 @@ def sample(
     batch_size, length = input_ids.shape
     generators = _generators(generator, batch_size)
     given = torch.zeros_like(input_ids, dtype=torch.bool) if src_mask is None else src_mask.bool().clone()
-    if config.shift:
-        given[:, 0] = True
+    given[:, : first_predicted_token(config.shift)] = True
     if (given & (input_ids == mask_id)).any():
-        raise DiffusionInputError(
+        raise UserInputError(
             "a given position holds the mask token (under shift token 0 is always given: start each row with BOS)"
         )
     masked = ~given

@@ -1,4 +1,4 @@
-"""Likelihood estimates from a diffusion LM (SPEC 7), batched across examples and noise levels.
+"""Likelihood estimates from a diffusion LM (docs/design.md#likelihood-scoring), batched across examples and noise levels.
 
 For a (context, continuation) pair and ``T`` levels ``t = T .. 1``, ``ceil(n * t / T)`` of the ``n``
 continuation tokens are masked (so every level masks at least one), the unweighted mean masked
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from .errors import DiffusionInputError
-from .model import DiffusionLM
+from ..errors import UserInputError
+from .model import DiffusionLM, first_predicted_token, predicting_output
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def level_masks(n: int, steps: int, seed: int) -> list[list[int]]:
 def _masked_losses(model: DiffusionLM, ids: torch.Tensor, attention: torch.Tensor | None, rows: torch.Tensor,
                    positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (float32) at each masked ``(rows, positions)``; the head runs on those positions only."""
-    source = positions - 1 if model.shift else positions
+    source = predicting_output(positions, model.shift)
     if model.has_plain_head():
         hidden = model.hidden_states(ids, attention)[rows, source]  # [N, hidden]
         logits = model.output_head()(hidden)
@@ -93,17 +93,17 @@ def score_continuations(
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """SPEC 7 score (average over levels of mean masked CE) of each continuation given its context."""
+    """The likelihood score (average over levels of mean masked CE) of each continuation given its context."""
     if steps < 1:
-        raise DiffusionInputError(f"diffusion_steps must be >= 1, got {steps}")
+        raise UserInputError(f"diffusion_steps must be >= 1, got {steps}")
     if len(contexts) != len(continuations):
-        raise DiffusionInputError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+        raise UserInputError(f"{len(contexts)} contexts but {len(continuations)} continuations")
     rows = []
     for owner, (context, continuation) in enumerate(zip(contexts, continuations)):
         if not continuation:
-            raise DiffusionInputError(f"continuation {owner} is empty; nothing to score")
-        if model.shift and not context:
-            raise DiffusionInputError(f"context {owner} is empty; with shift the first token must be given (e.g. BOS)")
+            raise UserInputError(f"continuation {owner} is empty; nothing to score")
+        if len(context) < first_predicted_token(model.shift):
+            raise UserInputError(f"context {owner} is empty; with shift the first token must be given (e.g. BOS)")
         ids = list(context) + list(continuation)
         for positions in level_masks(len(continuation), steps, seed):
             rows.append(_Row(owner, ids, [len(context) + p for p in positions]))
@@ -130,10 +130,10 @@ def sequence_nll(
     ``prompt_lengths[i]`` (and token 0 under shift) are given, not scored.
     """
     if steps < 1:
-        raise DiffusionInputError(f"diffusion_steps must be >= 1, got {steps}")
+        raise UserInputError(f"diffusion_steps must be >= 1, got {steps}")
     rows, weights, counts = [], [], []
     for owner, sequence in enumerate(sequences):
-        given = max(prompt_lengths[owner] if prompt_lengths is not None else 0, 1 if model.shift else 0)
+        given = max(prompt_lengths[owner] if prompt_lengths is not None else 0, first_predicted_token(model.shift))
         n = max(len(sequence) - given, 0)
         counts.append(n)
         if n == 0:
@@ -146,6 +146,19 @@ def sequence_nll(
     for row, value, weight in zip(rows, row_scores, weights):
         totals[row.owner] += value * weight
     return list(zip(totals, counts))
+
+
+def nll_totals(results: Sequence[tuple[float, int]], device: torch.device | str | None = None) -> torch.Tensor:
+    """``[summed NLL (nats), scored tokens]`` of ``sequence_nll`` results as float64, to be summed across
+    processes before ``nll_per_token``."""
+    return torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results)], dtype=torch.float64,
+                        device=device)
+
+
+def nll_per_token(totals: torch.Tensor) -> float:
+    """Mean NLL per scored token (nats) from ``nll_totals`` (summed over processes); 0 with no token."""
+    nll, tokens = totals.tolist()
+    return nll / max(tokens, 1.0)
 
 
 def _pad_id(model: DiffusionLM) -> int:

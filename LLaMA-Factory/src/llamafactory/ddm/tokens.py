@@ -1,6 +1,6 @@
 """Special tokens of diffusion LMs: the checkpoint's own tokenizer first, then the published table.
 
-The released models reuse or add tokens for mask / pad / separator (SPEC 2). A model without a known
+The released models reuse or add tokens for mask / pad / separator (docs/design.md#special-tokens). A model without a known
 mask token must fail loudly: silently masking with id 0 trains and samples garbage.
 """
 
@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DiffusionInputError
+from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def known_model(model_type: str, vocab_size: int) -> _KnownModel | None:
 
 
 def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int) -> SpecialTokens:
-    """Special token ids for a model: tokenizer files win, the SPEC 2 table fills the gaps.
+    """Special token ids for a model: tokenizer files win, the published table (docs/design.md#special-tokens) fills the gaps.
 
-    Raises DiffusionInputError when no mask token is known, rather than guessing one.
+    Raises UserInputError when no mask token is known, rather than guessing one.
     """
     table = known_model(model_type, vocab_size)
     mask_id = _token_id(tokenizer, "mask_token")
@@ -83,7 +83,7 @@ def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int) -> 
     if mask_id is None and table is not None:
         mask_id = table.mask_id
     if mask_id is None:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"no mask token is known for this {model_type} model (vocabulary {vocab_size}): its tokenizer "
             f"defines no mask_token and it is not one of the released models "
             f"({', '.join(m.name for m in KNOWN_MODELS)}); add a mask token to the tokenizer "
@@ -97,7 +97,7 @@ def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int) -> 
     bos_id = _token_id(tokenizer, "bos_token")
     eos_id = _token_id(tokenizer, "eos_token")
     if mask_id >= vocab_size:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"mask token id {mask_id} is outside the model's embedding table of {vocab_size} rows; "
             "resize the embeddings after adding the token"
         )
@@ -121,4 +121,4 @@ def start_token_id(tokenizer: Any) -> int:
     for token_id in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if token_id is not None:
             return int(token_id)
-    raise DiffusionInputError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")
+    raise UserInputError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")

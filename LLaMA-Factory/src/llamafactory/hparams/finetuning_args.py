@@ -1,4 +1,4 @@
-"""What to train (stage), which parameters (full / freeze / LoRA) and the diffusion settings (SPEC 9)."""
+"""What to train (stage), which parameters (full / freeze / LoRA) and the diffusion settings (docs/design.md#packed-data)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .model_args import split_names
 STAGES = ("pt", "sft", "ddm", "ddm-sft")
 DIFFUSION_STAGES = ("ddm", "ddm-sft")
 FINETUNING_TYPES = ("full", "freeze", "lora")
-# SPEC 4: ddm adapts a causal model slowly; ddm-sft starts from an already bidirectional one.
+# docs/design.md#attention-mask-annealing: ddm adapts a causal model slowly; ddm-sft starts from an already bidirectional one.
 DEFAULT_ANNEAL_STEPS = {"ddm": 10000, "ddm-sft": 1}
 
 

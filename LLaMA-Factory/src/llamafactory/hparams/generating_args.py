@@ -1,4 +1,4 @@
-"""How ``do_predict`` generates: the diffusion sampler settings (SPEC 6) and the AR length limit."""
+"""How ``do_predict`` generates: the diffusion sampler settings (docs/design.md#sampling) and the AR length limit."""
 
 from __future__ import annotations
 

@@ -21,9 +21,8 @@ from typing import Any, Union
 import torch
 import yaml
 
-from ..data.registry import get_dataset_attrs
-from ..data.templates import get_template
-from ..ddm import DiffusionInputError
+from ..command_line import bool_word
+from ..errors import UserInputError
 from .data_args import DataArguments
 from .finetuning_args import DEFAULT_ANNEAL_STEPS, FINETUNING_TYPES, STAGES, FinetuningArguments
 from .generating_args import DECODING_STRATEGIES, GeneratingArguments
@@ -44,7 +43,6 @@ RENAMED_KEYS = {
 }
 # LLaMA-Factory root: relative deepspeed paths of the examples resolve from here too.
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
-_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
 def read_args(args: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
@@ -61,16 +59,16 @@ def read_args(args: dict[str, Any] | list[str] | None = None) -> dict[str, Any]:
 
 def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DiffusionInputError(f"config file {path} does not exist")
+        raise UserInputError(f"config file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
         config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise DiffusionInputError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
+        raise UserInputError(f"cannot parse {path}: {str(error).splitlines()[0]}") from None
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise DiffusionInputError(f"{path} must hold a mapping of keys to values, got {type(config).__name__}")
+        raise UserInputError(f"{path} must hold a mapping of keys to values, got {type(config).__name__}")
     return config
 
 
@@ -86,7 +84,7 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
         else:
             key, sep, value = item.partition("=")
             if not sep:
-                raise DiffusionInputError(f"cannot read command-line item '{item}'; expected key=value")
+                raise UserInputError(f"cannot read command-line item '{item}'; expected key=value")
         overrides[key] = value
     return overrides
 
@@ -98,7 +96,7 @@ def _rename_legacy_keys(config: dict[str, Any]) -> dict[str, Any]:
             continue
         value = config.pop(old)
         if new in config and config[new] != value:
-            raise DiffusionInputError(f"'{old}' (old name of '{new}') is {value!r} but '{new}' is {config[new]!r}")
+            raise UserInputError(f"'{old}' (old name of '{new}') is {value!r} but '{new}' is {config[new]!r}")
         config.setdefault(new, value)
         logger.info("config key '%s' is now '%s'", old, new)
     return config
@@ -123,7 +121,7 @@ def _reject_unknown_keys(config: dict[str, Any], known: dict[str, tuple[type, An
     for key in unknown:
         close = difflib.get_close_matches(key, list(known), n=1)
         hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    raise DiffusionInputError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}")
+    raise UserInputError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}")
 
 
 def _member_types(annotation: Any) -> set[Any]:
@@ -144,8 +142,8 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     text = value.strip().lower()
     if type(None) in kinds and (text in ("null", "~") or (str not in kinds and text in ("none", ""))):
         return None
-    if bool in kinds and (text in ("true", "false") or (str not in kinds and text in _TRUE + _FALSE)):
-        return text in _TRUE
+    if bool in kinds and (text in ("true", "false") or (str not in kinds and bool_word(text) is not None)):
+        return bool_word(text)
     for number in (int, float):
         if number in kinds:
             try:
@@ -154,7 +152,7 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
                 continue
     if kinds & {str, dict, list} or any(isinstance(kind, type) and issubclass(kind, str) for kind in kinds):
         return value
-    raise DiffusionInputError(f"{key} must be {annotation}, got {value!r}")
+    raise UserInputError(f"{key} must be {annotation}, got {value!r}")
 
 
 def _has_accelerator() -> bool:
@@ -168,7 +166,7 @@ def _resolve_deepspeed_path(config: dict[str, Any]) -> None:
     if isinstance(path, str) and not Path(path).exists() and (PROJECT_ROOT / path).is_file():
         config["deepspeed"] = str(PROJECT_ROOT / path)
     elif isinstance(path, str) and not Path(path).is_file():
-        raise DiffusionInputError(f"deepspeed config {path} does not exist")
+        raise UserInputError(f"deepspeed config {path} does not exist")
 
 
 def _build(config: dict[str, Any], known: dict[str, tuple[type, Any]]) -> TrainArgs:
@@ -182,7 +180,7 @@ def _build(config: dict[str, Any], known: dict[str, tuple[type, Any]]) -> TrainA
             built.append(cls(**grouped[cls]))
         except (ValueError, TypeError) as error:
             message = " ".join(str(error).split())
-            raise DiffusionInputError(f"invalid {cls.__name__}: {message}") from None
+            raise UserInputError(f"invalid {cls.__name__}: {message}") from None
     return tuple(built)  # type: ignore[return-value]
 
 
@@ -190,7 +188,7 @@ def get_train_args(args: dict[str, Any] | list[str] | None = None) -> TrainArgs:
     """Parse and validate a training config; returns ``(model, data, training, finetuning, generating)``.
 
     ``args`` is a dict of keys, a command line (``[CONFIG] key=value ...``), or None for ``sys.argv``.
-    Raises DiffusionInputError (one line) for unknown keys, bad values and contradictions.
+    Raises UserInputError (one line) for unknown keys, bad values and contradictions.
     """
     config = _rename_legacy_keys(read_args(args))
     known = _known_fields()
@@ -223,7 +221,7 @@ def _apply_stage_defaults(data_args: DataArguments, training_args: TrainingArgum
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise DiffusionInputError(message)
+        raise UserInputError(message)
 
 
 def _require_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -236,7 +234,7 @@ def _require_at_least(key: str, value: float, minimum: float) -> None:
 
 def validate_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                   finetuning_args: FinetuningArguments, generating_args: GeneratingArguments) -> None:
-    """Reject settings that cannot work together; reads the dataset registry, never model files."""
+    """Reject settings that cannot work together, from the config alone (files are checked by the preflight)."""
     stage = finetuning_args.stage
     _require(model_args.model_name_or_path is not None, "model_name_or_path is required")
     _require_choice("stage", stage, STAGES)
@@ -255,19 +253,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     _validate_attention(model_args, training_args, finetuning_args)
     _validate_finetuning(model_args, finetuning_args)
     _validate_data(data_args, training_args)
-    _validate_dataset_roles(data_args, stage)
-    get_template(data_args.template)
     _validate_reporting(training_args)
-
-
-def _validate_dataset_roles(data_args: DataArguments, stage: str) -> None:
-    """Registered datasets must have the columns the stage reads (text, or prompt + response)."""
-    for attr in get_dataset_attrs(data_args.dataset_names + data_args.eval_dataset_names, data_args.dataset_dir):
-        if stage in ("sft", "ddm-sft"):
-            _require(attr.has_prompt_response,
-                     f"{attr.describe()} has no prompt/response columns ({attr.columns}); stage {stage} needs them")
-        else:
-            _require(attr.has_text, f"{attr.describe()} has no text column ({attr.columns}); stage {stage} needs one")
 
 
 def _validate_reporting(training_args: TrainingArguments) -> None:

@@ -14,8 +14,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from ..ddm import DiffusionInputError, apply_adapters, resolve_checkpoint_dir
+from ..ddm import apply_adapters
+from ..errors import UserInputError
 from ..hparams import FinetuningArguments, ModelArguments
+from ..utils.hub import resolve_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def _new_lora(model: PreTrainedModel, finetuning_args: FinetuningArguments) -> P
     try:
         return get_peft_model(model, config)
     except ValueError as error:
-        raise DiffusionInputError(f"cannot apply LoRA (lora_target {targets}): {str(error).splitlines()[0]}") from None
+        raise UserInputError(f"cannot apply LoRA (lora_target {targets}): {str(error).splitlines()[0]}") from None
 
 
 def _lora(model: PreTrainedModel, model_args: ModelArguments, finetuning_args: FinetuningArguments,
@@ -72,7 +74,7 @@ def _freeze(model: PreTrainedModel, finetuning_args: FinetuningArguments) -> Non
     count = finetuning_args.freeze_trainable_layers
     total = int(model.config.num_hidden_layers)
     if count == 0 or abs(count) > total:
-        raise DiffusionInputError(f"freeze_trainable_layers must be in 1..{total} or -{total}..-1, got {count}")
+        raise UserInputError(f"freeze_trainable_layers must be in 1..{total} or -{total}..-1, got {count}")
     layers = set(range(total - count, total)) if count > 0 else set(range(-count))
     modules, extras = finetuning_args.freeze_modules, finetuning_args.freeze_extras
     for name, param in model.named_parameters():

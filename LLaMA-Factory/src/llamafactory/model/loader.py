@@ -7,8 +7,9 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ..ddm import detect_layout, load_causal_lm, load_weights_into, make_bidirectional, resolve_checkpoint_dir
+from ..ddm import detect_layout, load_causal_lm, load_weights_into, make_bidirectional
 from ..hparams import FinetuningArguments, ModelArguments, TrainingArguments
+from ..utils.hub import resolve_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The tokenizer of a run and the token ids the stages need (SPEC 2).
+"""The tokenizer of a run and the token ids the stages need (docs/design.md#special-tokens).
 
 The diffusion checkpoint's own tokenizer (``checkpoint_dir``) wins over the base model's. Diffusion stages
 need a mask token: the tokenizer's, else the published table's; only when neither knows one is a mask
@@ -13,7 +13,8 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from ..data import FramingTokens
-from ..ddm import DiffusionInputError, SpecialTokens, add_mask_token, load_tokenizer, resolve_special_tokens
+from ..ddm import SpecialTokens, add_mask_token, load_tokenizer, resolve_special_tokens
+from ..errors import UserInputError
 from ..hparams import ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialT
     grow_embeddings(model, len(tokenizer))
     try:
         return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model))
-    except DiffusionInputError:
+    except UserInputError:
         if tokenizer.mask_token is not None or not add_mask_token(tokenizer):
             raise
     grow_embeddings(model, len(tokenizer))
@@ -59,7 +60,7 @@ def framing_tokens(tokenizer: Any, special: SpecialTokens | None = None) -> Fram
     """BOS / EOS / PAD / SEP for building sequences: the diffusion ids first, then the tokenizer's, then EOS."""
     eos = _first(special and special.eos_id, tokenizer.eos_token_id)
     if eos is None:
-        raise DiffusionInputError("the tokenizer has no eos token; sequences cannot be terminated")
+        raise UserInputError("the tokenizer has no eos token; sequences cannot be terminated")
     sep = _first(special and special.sep_id, tokenizer.sep_token_id)
     if sep is None:
         logger.info("no separator token known: using eos (id %d) between prompt and response", eos)

@@ -13,7 +13,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from ..data import DatasetSplits, SequenceCollator, load_raw_splits, load_tokenized, tokenize_splits
-from ..ddm import SpecialTokens
+from ..ddm import SpecialTokens, record_generation_length
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from ..model import (
     diffusion_special_tokens,
@@ -25,13 +25,6 @@ from ..model import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def record_generation_length(model: PreTrainedModel, length: int) -> None:
-    """Store the sampling length in the config (``task_specific_params``), where checkpoint loaders look."""
-    params = dict(getattr(model.config, "task_specific_params", None) or {})
-    params["text-generation"] = {**params.get("text-generation", {}), "do_sample": True, "max_length": length}
-    model.config.task_specific_params = params
 
 
 @dataclass
@@ -63,7 +56,7 @@ def prepare_components(model_args: ModelArguments, data_args: DataArguments, tra
     if model is None:
         model = load_model(model_args, finetuning_args, training_args)
     if finetuning_args.is_diffusion:
-        record_generation_length(model, data_args.cutoff_len)
+        record_generation_length(model.config, data_args.cutoff_len)
     model = setup_finetuning(model, model_args, finetuning_args, is_trainable=training_args.do_train)
     if training_args.should_log:
         log_parameters(model, model_args.print_param_status)

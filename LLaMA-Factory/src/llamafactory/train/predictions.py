@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from accelerate.utils import gather_object
 from tqdm import tqdm
 from transformers import Trainer
+
+from ..utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,8 @@ def gather_predictions(local: list[Prediction], world_size: int) -> list[Predict
 def save_predictions(output_dir: str | Path, predictions: list[Prediction]) -> Path:
     """Write ``generated_predictions.jsonl`` (``predict``, ``label``) atomically."""
     path = Path(output_dir) / PREDICTIONS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with staging.open("w", encoding="utf-8") as handle:
-        for prediction in predictions:
-            record = {k: v for k, v in asdict(prediction).items() if k != "index"}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(staging, path)
+    records = ({k: v for k, v in asdict(prediction).items() if k != "index"} for prediction in predictions)
+    atomic_write_text(path, (json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     logger.info("predictions saved to %s", path)
     return path
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ..data import get_dataset_attrs, has_tokenized_data
-from ..data.registry import check_sources_exist
-from ..ddm import DiffusionInputError, detect_layout, resolve_checkpoint_dir
-from ..hparams import DataArguments, ModelArguments, TrainingArguments
+from ..data import get_template, has_tokenized_data
+from ..data.registry import check_datasets
+from ..ddm import detect_layout
+from ..errors import UserInputError
+from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+from ..utils.hub import resolve_checkpoint_dir
 
 
 def check_output_dir(training_args: TrainingArguments) -> None:
@@ -24,20 +26,22 @@ def check_output_dir(training_args: TrainingArguments) -> None:
     entries = sorted(p.name for p in output.iterdir())
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise DiffusionInputError(
+        raise UserInputError(
             f"output_dir {output} is not empty ({shown}); set overwrite_output_dir: true to write into it, "
             "resume_from_checkpoint to continue a run, or choose another output_dir"
         )
 
 
-def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+                     finetuning_args: FinetuningArguments) -> None:
     check_output_dir(training_args)
     resume = training_args.resume_from_checkpoint
     if resume and not Path(resume).is_dir():
-        raise DiffusionInputError(f"resume_from_checkpoint {resume} is not a checkpoint directory")
+        raise UserInputError(f"resume_from_checkpoint {resume} is not a checkpoint directory")
+    get_template(data_args.template)
     if not has_tokenized_data(data_args.tokenized_path):
         names = data_args.dataset_names + data_args.eval_dataset_names
-        check_sources_exist(get_dataset_attrs(names, data_args.dataset_dir))
+        check_datasets(names, data_args.dataset_dir, finetuning_args.stage)
     base = resolve_checkpoint_dir(model_args.model_name_or_path, revision=model_args.model_revision)
     for source in [model_args.checkpoint_dir, *model_args.adapters]:
         if source:
@@ -55,7 +59,7 @@ def check_zero3_loading(model_args: ModelArguments, base: Path, training_args: T
         source = f"model_name_or_path {model_args.model_name_or_path} (DiffuGPT wrapper layout)"
     else:
         return
-    raise DiffusionInputError(
+    raise UserInputError(
         f"{source} cannot be loaded under DeepSpeed ZeRO-3 (deepspeed: {training_args.deepspeed}); use ZeRO-2 "
         "(examples/deepspeed/ds_z2_config.json), or give a checkpoint saved in the hf layout as model_name_or_path"
     )

@@ -35,7 +35,7 @@ def run_exp(args: dict[str, Any] | list[str] | None = None, callbacks: list[Trai
     """Run one training / evaluation / prediction job described by ``args`` (dict, argv list, or sys.argv)."""
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(args)
     _configure_logging(training_args)
-    check_run_inputs(model_args, data_args, training_args)
+    check_run_inputs(model_args, data_args, training_args, finetuning_args)
     logger.info("stage %s, output_dir %s", finetuning_args.stage, training_args.output_dir)
     workflow = WORKFLOWS[finetuning_args.stage]
     try:

@@ -1,4 +1,4 @@
-"""``do_predict`` for the diffusion stages: reverse diffusion over the evaluation records (SPEC 6).
+"""``do_predict`` for the diffusion stages: reverse diffusion over the evaluation records (docs/design.md#sampling).
 
 ddm-sft records keep their prompt (``src_mask``) and the response region is generated; the prediction and
 the label are the text between the separator and the first EOS. ddm records are generated from the first

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
@@ -22,17 +21,20 @@ from tqdm import tqdm
 from transformers import Seq2SeqTrainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from ...ddm import DiffusionLM, SpecialTokens, anneal_ratio, sequence_nll, training_loss
+from ...ddm import (
+    DiffusionLM,
+    SpecialTokens,
+    anneal_ratio,
+    nll_per_token,
+    nll_totals,
+    noise_seed,
+    sequence_nll,
+    training_loss,
+)
 from ...hparams import FinetuningArguments
 from ..trainer_utils import perplexity
 
 logger = logging.getLogger(__name__)
-
-
-def noise_seed(seed: int, step: int, micro_batch: int, process: int) -> int:
-    """A 63-bit seed that differs for every (run seed, optimiser step, micro-batch, process)."""
-    digest = hashlib.sha256(f"{seed}:{step}:{micro_batch}:{process}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class DiffusionTrainer(Seq2SeqTrainer):
@@ -112,12 +114,10 @@ class DiffusionTrainer(Seq2SeqTrainer):
                 self.diffusion_model(), sequences, steps=steps, seed=self.args.seed,
                 batch_size=self.args.per_device_eval_batch_size, prompt_lengths=prompt_lengths, progress=bar.update,
             )
-        totals = torch.tensor([sum(s[0] for s in scores), sum(s[1] for s in scores)], dtype=torch.float64,
-                              device=self.args.device)
+        totals = nll_totals(scores, self.args.device)
         if world > 1 and not is_deepspeed_zero3_enabled():
             totals = self.accelerator.reduce(totals, reduction="sum")
-        nll, tokens = totals.tolist()
-        loss = nll / max(tokens, 1.0)
+        loss = nll_per_token(totals)
         metrics = {
             f"{metric_key_prefix}_loss": loss,
             f"{metric_key_prefix}_perplexity": perplexity(loss),

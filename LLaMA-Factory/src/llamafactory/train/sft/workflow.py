@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import Seq2SeqTrainer, TrainerCallback
 
 from ...data import IGNORE_INDEX
 from ...hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
+from ...model.generation import generate_continuations
 from ..components import RunComponents
 from ..predictions import Prediction, run_prediction
 from ..trainer_utils import run_workflow
@@ -34,23 +34,14 @@ def predict_autoregressive(trainer: Seq2SeqTrainer, dataset: Any, tokenizer: Any
 
     def predict_batch(indices: list[int]) -> list[Prediction]:
         pairs = [_split_record(dataset[i]) for i in indices]
-        width = max(len(prompt) for prompt, _ in pairs)
-        ids = torch.full((len(pairs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, (prompt, _) in enumerate(pairs):  # left padding: generation continues every row at the end
-            ids[row, width - len(prompt):] = torch.as_tensor(prompt)
-            mask[row, width - len(prompt):] = 1
-        with torch.no_grad(), trainer.accelerator.autocast():
-            output = model.generate(
-                input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                max_new_tokens=generating_args.max_new_tokens, do_sample=not generating_args.greedy,
+        with trainer.accelerator.autocast():
+            generated = generate_continuations(
+                model, [prompt for prompt, _ in pairs], generating_args.max_new_tokens, pad_id=pad,
+                eos_ids=() if eos is None else (eos,), do_sample=not generating_args.greedy,
                 temperature=generating_args.logits_temp, top_p=generating_args.topp_temp,
-                pad_token_id=pad, eos_token_id=eos,
             )
-        return [
-            Prediction(index=i, predict=decode(output[row, width:].tolist()), label=decode(response))
-            for row, (i, (_, response)) in enumerate(zip(indices, pairs))
-        ]
+        return [Prediction(index=i, predict=decode(ids), label=decode(response))
+                for i, ids, (_, response) in zip(indices, generated, pairs)]
 
     return run_prediction(trainer, dataset, predict_batch, trainer.args.per_device_eval_batch_size)
 

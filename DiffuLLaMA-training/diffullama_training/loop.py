@@ -19,11 +19,21 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from checkpointing import save_checkpoint
-from deepspeed_support import full_parameters
-from llamafactory.ddm import DiffusionLM, SpecialTokens, anneal_ratio, save_diffusion_checkpoint, sequence_nll
-from parallel import DataParallel, Layout, SequenceParallel
-from throughput import ThroughputMeter
+from llamafactory.ddm import (
+    DiffusionLM,
+    SpecialTokens,
+    anneal_ratio,
+    nll_per_token,
+    nll_totals,
+    noise_seed,
+    save_diffusion_checkpoint,
+    sequence_nll,
+)
+
+from .checkpointing import save_checkpoint
+from .deepspeed_support import full_parameters
+from .parallel import DataParallel, Layout, SequenceParallel
+from .throughput import ThroughputMeter
 
 logger = logging.getLogger("train")
 
@@ -36,11 +46,6 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     if args.warmup_steps == 0:
         return args.learning_rate
     return args.learning_rate * min(1.0, (step + 1) / args.warmup_steps)
-
-
-def noise_seed(seed: int, dp_rank: int, step: int, micro_step: int) -> int:
-    """Seed of one micro-batch's noise: the same on every SP rank of a group, and after a resume."""
-    return int(np.random.SeedSequence([seed, dp_rank, step, micro_step]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def train_batches(stream: Any, start_sample: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -125,7 +130,7 @@ class Trainer:
         generator = torch.Generator(accelerator.device)
         grad_norm = float("nan")
         for micro_step in range(args.gradient_accumulate_every):
-            generator.manual_seed(noise_seed(args.seed, self.layout.dp_rank, step, micro_step))
+            generator.manual_seed(noise_seed(args.seed, step, micro_step, self.layout.dp_rank))
             with accelerator.accumulate(self.model):
                 result = self.strategy.step(self.model, next(self.batches), self.tokens.mask_id, generator,
                                             self.anneal(step), accelerator.backward)
@@ -146,10 +151,7 @@ class Trainer:
             results = sequence_nll(denoiser, self.val_blocks, steps=args.eval_diffusion_steps, seed=args.seed,
                                    batch_size=args.eval_batch_size)
         self.model.train()
-        totals = torch.tensor([sum(r[0] for r in results), sum(r[1] for r in results)], dtype=torch.float64,
-                              device=accelerator.device)
-        totals = accelerator.reduce(totals, reduction="sum")
-        return float(totals[0] / totals[1].clamp(min=1))
+        return nll_per_token(accelerator.reduce(nll_totals(results, accelerator.device), reduction="sum"))
 
     def save_final_model(self, tokenizer: Any) -> Path:
         """Write ``<output-dir>/final`` in the released LLaMA layout, with the sampling length recorded."""

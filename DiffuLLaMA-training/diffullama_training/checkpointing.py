@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
+from llamafactory.utils.files import atomic_write_text, replace_directory
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
         return checkpoints[-1]
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise DiffusionInputError(f"--resume {path}: not a complete checkpoint (no {STATE_FILE})")
+        raise UserInputError(f"--resume {path}: not a complete checkpoint (no {STATE_FILE})")
     return path
 
 
@@ -71,7 +71,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], checkpoint: 
     """Fail when the run would not continue the checkpoint's global batch and data order."""
     for key in RESUME_INVARIANTS:
         if saved.get(key) != current.get(key):
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"cannot resume {checkpoint}: it was trained with {key}={saved.get(key)!r}, this run has "
                 f"{current.get(key)!r}; the global batch and data settings must stay the same"
             )
@@ -88,13 +88,8 @@ def save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], k
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
-        replaced = output_dir / f".{target.name}.replaced"
-        if target.exists():
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.replace(target, replaced)
-        os.replace(staging, target)
-        shutil.rmtree(replaced, ignore_errors=True)
+        atomic_write_text(staging / STATE_FILE, json.dumps(state, indent=2))
+        replace_directory(staging, target)
         for old in list_checkpoints(output_dir)[:-keep_last]:
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)

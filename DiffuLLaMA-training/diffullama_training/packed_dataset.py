@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llamafactory.ddm.checkpoints import apply_default_permissions
+from llamafactory.errors import UserInputError
+from llamafactory.utils.files import atomic_write_bytes
 
 HEADER_MAGIC = b"LITPKDS"
 HEADER_VERSION = 1
@@ -36,7 +36,7 @@ _HEADER = struct.Struct("<7sQBQ")
 _MIX_PAGE = 4096  # mixture choices are drawn in pages of this many samples, one seeded draw per page
 
 
-class PackedDataError(ValueError):
+class PackedDataError(UserInputError):
     """A packed file, directory or data configuration cannot be used as given."""
 
 
@@ -153,7 +153,7 @@ class PackedWriter:
     def _flush(self) -> None:
         target = self.out_dir / f"{self.prefix}_{self._index:010d}.bin"
         header = _HEADER.pack(HEADER_MAGIC, HEADER_VERSION, _dtype_code(self.dtype), self.chunk_size)
-        _write_atomically(target, header + self._chunk.tobytes(order="C"))
+        atomic_write_bytes(target, [header, self._chunk.tobytes(order="C")])
         self.files.append(target)
         self._index += 1
         self._chunk.fill(self.sep_id)
@@ -163,18 +163,6 @@ class PackedWriter:
 def _fits(dtype: np.dtype, value: int) -> bool:
     info = np.iinfo(dtype)
     return info.min <= value <= info.max
-
-
-def _write_atomically(target: Path, payload: bytes) -> None:
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        apply_default_permissions(Path(staging))
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
 
 
 def packed_files(directory: str | os.PathLike, prefix: str = "") -> list[Path]:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from llamafactory.ddm import DiffusionInputError, corrupt, diffusion_loss, sample_noise_level, training_loss
+from llamafactory.ddm import align_to_outputs, corrupt, diffusion_loss, sample_noise_level, training_loss
+from llamafactory.errors import UserInputError
 
 MODES = ("data_parallel", "ulysses_attn", "ring_attn")
 ALIASES = {"dist_flash_attn": "ring_attn"}
@@ -30,7 +31,7 @@ def canonical_mode(name: str) -> str:
     """The mode's canonical name (``dist_flash_attn`` -> ``ring_attn``)."""
     mode = ALIASES.get(name, name)
     if mode not in MODES:
-        raise DiffusionInputError(f"--parallel_mode {name!r}: expected one of {', '.join(MODES + tuple(ALIASES))}")
+        raise UserInputError(f"--parallel_mode {name!r}: expected one of {', '.join(MODES + tuple(ALIASES))}")
     return mode
 
 
@@ -72,41 +73,41 @@ def check_mode(
     """Reject a mode that cannot run as configured, before any weights are loaded."""
     if mode == "data_parallel":
         if sp_size != 1:
-            raise DiffusionInputError("--sp-size applies to ulysses_attn and ring_attn only; data_parallel uses 1")
+            raise UserInputError("--sp-size applies to ulysses_attn and ring_attn only; data_parallel uses 1")
         return
     if mode == "ring_attn" and not cuda:
-        raise DiffusionInputError(
+        raise UserInputError(
             "--parallel_mode ring_attn (dist_flash_attn) runs PyTorch context parallelism, whose ring kernels "
             "(flash / memory-efficient SDPA) need CUDA; on CPU use data_parallel or ulysses_attn"
         )
     if sp_size < 2 or world_size % sp_size:
-        raise DiffusionInputError(
+        raise UserInputError(
             f"{mode} needs --sp-size of at least 2 dividing the {world_size} processes (got {sp_size}; "
             "the default is all processes)"
         )
     if block_size % sp_size or (mode == "ring_attn" and block_size % (2 * sp_size)):
         unit = sp_size if mode == "ulysses_attn" else 2 * sp_size
-        raise DiffusionInputError(
+        raise UserInputError(
             f"{mode} cuts each block of --seq-length + 1 = {block_size} tokens into equal shards: it must be a "
             f"multiple of {unit} (e.g. --seq-length {block_size // unit * unit - 1})"
         )
     if anneal_steps > 0:
-        raise DiffusionInputError(f"--anneal-steps needs a full attention mask, which {mode} cannot take; use data_parallel")
+        raise UserInputError(f"--anneal-steps needs a full attention mask, which {mode} cannot take; use data_parallel")
     if mode == "ulysses_attn":
         if not uses_deepspeed:
-            raise DiffusionInputError(
+            raise UserInputError(
                 "ulysses_attn runs DeepSpeed-Ulysses through accelerate: launch with a DeepSpeed config "
                 "(e.g. accelerate_configs/single_node.yaml)"
             )
         if attn_implementation == "eager":
-            raise DiffusionInputError("ulysses_attn needs --attn-implementation sdpa or flash_attention_2, not eager")
+            raise UserInputError("ulysses_attn needs --attn-implementation sdpa or flash_attention_2, not eager")
         if num_heads % sp_size or (num_kv_heads % sp_size and sp_size % num_kv_heads):
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"ulysses_attn splits attention heads: {num_heads} query / {num_kv_heads} key-value heads "
                 f"do not divide among --sp-size {sp_size}"
             )
     if mode == "ring_attn" and attn_implementation != "sdpa":
-        raise DiffusionInputError("ring_attn patches PyTorch SDPA: use --attn-implementation sdpa")
+        raise UserInputError("ring_attn patches PyTorch SDPA: use --attn-implementation sdpa")
 
 
 def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, block_size: int, attn_implementation: str) -> dict:
@@ -176,8 +177,7 @@ class SequenceParallel:
         """As ``DataParallel.step``; ``anneal`` is always 1 here (check_mode refuses annealing)."""
         t = sample_noise_level(block.shape[0], device=block.device, generator=generator)
         noisy, masked = corrupt(block, t, mask_id, generator=generator)
-        targets = torch.cat([block[:, 1:], torch.zeros_like(block[:, :1])], dim=1)
-        scored = torch.cat([masked[:, 1:], torch.zeros_like(masked[:, :1])], dim=1)
+        targets, scored = align_to_outputs(block, True, 0), align_to_outputs(masked, True, False)
         positions = torch.arange(block.shape[1], device=block.device).expand_as(block).contiguous()
         with self._shards([noisy, targets, scored, positions]) as (noisy, targets, scored, positions):
             logits = model(input_ids=noisy, position_ids=positions, use_cache=False).logits

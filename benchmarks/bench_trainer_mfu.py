@@ -1,7 +1,8 @@
-"""Throughput and MFU of the 7B trainer's training step, with an autoregressive step side by side.
+"""Throughput and MFU of the DiffuLLaMA trainer's step (the 7B recipe at a ~1.1B LLaMA shape that fits one GPU),
+with an autoregressive step side by side.
 
-    python benchmarks/bench_7b_trainer_mfu.py                 # one GPU: ~1.1B LLaMA shape, seq 2048, bf16, sdpa
-    python benchmarks/bench_7b_trainer_mfu.py --tiny          # CPU smoke run of the same code path
+    python benchmarks/bench_trainer_mfu.py                 # one GPU: ~1.1B LLaMA shape, seq 2048, bf16, sdpa
+    python benchmarks/bench_trainer_mfu.py --tiny          # CPU smoke run of the same code path
 
 Both variants train the same randomly initialised LLaMA-shaped model with AdamW (0.9, 0.95) under bf16
 autocast over fp32 master weights (accelerate's single-device ``mixed_precision="bf16"``):
@@ -28,9 +29,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffuLLaMA-training"))
 
+from diffullama_training.parallel import DataParallel  # noqa: E402
+from diffullama_training.throughput import ThroughputMeter, detect_peak_tflops, flops_per_token  # noqa: E402
 from llamafactory.ddm import make_bidirectional  # noqa: E402
-from parallel import DataParallel  # noqa: E402
-from throughput import ThroughputMeter, detect_peak_tflops, flops_per_token  # noqa: E402
 
 ONE_B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=20,
              num_attention_heads=16, num_key_value_heads=16)
@@ -130,7 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     for variant in ("ddm", "ar"):
         results[variant] = measure(variant, args, device)
         release_memory(device)
-    print(f"model {results['ddm']['params_b']:.2f}B parameters")
+    shape = TINY if args.tiny else ONE_B
+    print(f"model: LLaMA shape {shape['num_hidden_layers']} layers x {shape['hidden_size']} hidden, "
+          f"{shape['num_attention_heads']} heads, vocab {shape['vocab_size']}: {results['ddm']['params_b']:.2f}B parameters "
+          "(the trainer's step for 7B, measured at this size)")
     print(f"{'variant':8} {'tokens/s':>12} {'step s':>8} {'MFU':>7} {'peak GiB':>8}")
     for variant, row in results.items():
         mfu = f"{100 * row['mfu']:.1f}%" if "mfu" in row else "n/a"

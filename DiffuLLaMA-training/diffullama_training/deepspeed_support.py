@@ -2,7 +2,7 @@
 
 * the DeepSpeed JSON's batch and clipping entries come from train.py's flags;
 * ZeRO-3 weights are gathered to write the final checkpoint;
-* on CPU, accelerate must be told the real world size of a DeepSpeed run (see below).
+* on CPU, accelerate's process state must start in its CPU mode before a DeepSpeed run (see below).
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import os
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType
+from accelerate.state import PartialState
 
-from llamafactory.ddm import DiffusionInputError
+from llamafactory.errors import UserInputError
 
 
 def uses_deepspeed() -> bool:
@@ -25,21 +23,16 @@ def uses_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def adopt_cpu_deepspeed_world(accelerator: Accelerator) -> None:
-    """Make accelerate see every rank of a DeepSpeed run on CPU.
+def start_cpu_deepspeed_processes() -> None:
+    """Join the process group of a DeepSpeed run on CPU before the ``Accelerator`` is built.
 
-    accelerate's backend detection has no CPU DeepSpeed case: DeepSpeed joins a gloo world of N ranks
-    while accelerate records one process of index 0 on each, so every rank would act as the main
-    process. Copy the real world from torch.distributed into accelerate's shared state.
+    accelerate picks its backend from the device: on a machine without GPUs it finds none for a DeepSpeed
+    launch and records one process of rank 0 on every rank (each would act as the main process). Starting
+    accelerate's process state in its CPU mode first (gloo, the real world size) and then building the
+    Accelerator with DeepSpeed keeps every rank's index right; DeepSpeed reuses that process group.
     """
-    if accelerator.distributed_type != DistributedType.DEEPSPEED or not dist.is_initialized():
-        return
-    if accelerator.num_processes == dist.get_world_size():
-        return
-    real = {"num_processes": dist.get_world_size(), "process_index": dist.get_rank(),
-            "local_process_index": int(os.environ.get("LOCAL_RANK", 0))}
-    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
-        shared.update(real)
+    if uses_deepspeed() and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        PartialState(cpu=True)
 
 
 def configure_batch(accelerator: Accelerator, micro_batch: int, accumulation: int, dp_size: int,
@@ -51,7 +44,7 @@ def configure_batch(accelerator: Accelerator, micro_batch: int, accumulation: in
     config = plugin.deepspeed_config
     for block in ("optimizer", "scheduler"):
         if block in config:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"the DeepSpeed config has a {block!r} block; train.py builds AdamW and the learning-rate schedule "
                 "from its flags: remove the block"
             )
@@ -66,7 +59,7 @@ def configure_batch(accelerator: Accelerator, micro_batch: int, accumulation: in
         if current == "auto":
             config[key] = value
         elif current != value:
-            raise DiffusionInputError(
+            raise UserInputError(
                 f"the DeepSpeed config sets {key}={current} but the command line implies {value}; set it to \"auto\""
             )
 

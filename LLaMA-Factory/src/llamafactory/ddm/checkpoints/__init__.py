@@ -1,0 +1,24 @@
+"""Diffusion checkpoints: the released layouts, loading (with adapters), saving, and config metadata."""
+
+from .adapters import apply_adapters
+from .layouts import (
+    BODY_PREFIX,
+    EMBED_PREFIX,
+    Layout,
+    checkpoint_keys,
+    detect_layout,
+    hf_to_wrapper_keys,
+    read_state_dict,
+    weight_files,
+    wrapper_to_hf_keys,
+)
+from .loading import load_causal_lm, load_diffusion_lm, load_tokenizer, load_weights_into
+from .metadata import generation_length, position_limit, record_generation_length
+from .saving import save_diffusion_checkpoint
+
+__all__ = [
+    "BODY_PREFIX", "EMBED_PREFIX", "Layout", "apply_adapters", "checkpoint_keys", "detect_layout",
+    "generation_length", "hf_to_wrapper_keys", "load_causal_lm", "load_diffusion_lm", "load_tokenizer",
+    "load_weights_into", "position_limit", "read_state_dict", "record_generation_length",
+    "save_diffusion_checkpoint", "weight_files", "wrapper_to_hf_keys",
+]
