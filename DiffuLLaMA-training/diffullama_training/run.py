@@ -37,6 +37,7 @@ from llamafactory.ddm import (
     resolve_special_tokens,
 )
 from llamafactory.errors import UserInputError
+from llamafactory.utils.distributed import close_process_group
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
 from .checkpointing import check_resumable, find_resume_checkpoint, read_state
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> Path:
     trainer.train(start_step)
     final = trainer.save_final_model(tokenizer)
     accelerator.end_training()
+    close_process_group(synchronize=True)
     return final
 
 

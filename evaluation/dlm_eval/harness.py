@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from llamafactory.ddm import load_diffusion_lm, sequence_nll
 from llamafactory.errors import UserInputError
-from llamafactory.runtime import resolve_dtype
+from llamafactory.command_line import resolve_dtype
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest

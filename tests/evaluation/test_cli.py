@@ -14,6 +14,7 @@ import pytest
 from dlm_eval import TASKS, DataSource
 from dlm_eval.cli import DIFFUGPT, DIFFULLAMA, LLM, main
 from dlm_eval.runner import load_examples
+from tests.commands import bare_environment
 from tests.tolerance import assert_records_match
 
 from .common import FIXTURES
@@ -95,8 +96,7 @@ def test_scripts_run_as_commands(random_checkpoints, tmp_path):
     command = [sys.executable, str(script), "--model_name", str(random_checkpoints["gpt2"]), "--tasks",
                "piqa,lambada", "--output_dir", str(tmp_path), *FAST]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
-                                    "TQDM_DISABLE": "1"})
+                               env=bare_environment(tmp_path))
     assert completed.returncode == 0, completed.stderr
     assert "| model | TriQA |" in completed.stdout
     assert set(json.loads((tmp_path / "results.json").read_text())["tasks"]) == {"piqa", "lambada"}

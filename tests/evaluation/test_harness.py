@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import bare_environment
+
 REPO = Path(__file__).resolve().parents[2]
 
 DOCS = {
@@ -92,8 +94,7 @@ def test_registered_model_runs_from_the_command_line(planted_diffugpt_dir, task_
                "--model_args", f"pretrained={planted_diffugpt_dir},diffusion_steps=4", "--tasks", "planted_choice",
                "--include_path", str(task_dir), "--device", "cpu", "--output_path", str(tmp_path / "out")]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
-                                    "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"})
+                               env=bare_environment(tmp_path))
     assert completed.returncode == 0, completed.stderr[-2000:]
     written = next((tmp_path / "out").rglob("results_*.json"))
     assert json.loads(written.read_text())["results"]["planted_choice"]["acc,none"] == 1.0

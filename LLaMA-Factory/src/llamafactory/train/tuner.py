@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ..hparams import TrainingArguments, get_train_args
+from ..utils.distributed import close_process_group
 from .ddm import run_ddm
 from .preflight import check_run_inputs
 from .pt import run_pt
@@ -40,11 +40,7 @@ def run_exp(args: dict[str, Any] | list[str] | None = None, callbacks: list[Trai
     workflow = WORKFLOWS[finetuning_args.stage]
     try:
         workflow(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
-    finally:
-        _close_process_group()
-
-
-def _close_process_group() -> None:
-    """Tear down torch.distributed before exit: a process leaving with live gloo/DeepSpeed threads can abort."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    except BaseException:
+        close_process_group(synchronize=False)  # another rank may be stuck in a collective: no barrier
+        raise
+    close_process_group(synchronize=True)
