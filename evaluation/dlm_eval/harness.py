@@ -27,9 +27,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from llamafactory.command_line import resolve_dtype
 from llamafactory.ddm import load_diffusion_lm, sequence_nll
 from llamafactory.errors import UserInputError
-from llamafactory.command_line import resolve_dtype
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest

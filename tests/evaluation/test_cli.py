@@ -14,6 +14,7 @@ import pytest
 from dlm_eval import TASKS, DataSource
 from dlm_eval.cli import DIFFUGPT, DIFFULLAMA, LLM, main
 from dlm_eval.runner import load_examples
+from dlm_eval.sandbox import capabilities
 from tests.commands import bare_environment
 from tests.tolerance import assert_records_match
 
@@ -45,6 +46,7 @@ def test_every_task_runs_and_writes_results(family, checkpoint, extra, random_ch
         assert all(0.0 <= value <= 1.0 for value in entry["metrics"].values())
         assert len(read_jsonl(output / f"{name}.jsonl")) == 3
     assert all(r["status"] in ("passed", "failed", "timeout") for r in read_jsonl(output / "humaneval.jsonl"))
+    assert results["tasks"]["humaneval"]["settings"]["sandbox"] == capabilities().as_dict()
     printed = capsys.readouterr().out
     assert "| model | TriQA | Lamb. | Lamb.-OAI | HSwag |" in printed and results["table"] in printed
 

@@ -1,7 +1,8 @@
 """HumanEval single-line infilling: fill the removed line, run the problem's tests, report pass@1.
 
 The hole is as long as the canonical line (the paper's protocol; T = ``--diffusion_steps``). Every
-program runs in the sandbox (:mod:`dlm_eval.sandbox`), never in this process.
+program runs in the sandbox (:mod:`dlm_eval.sandbox`), never in this process; the settings record which
+isolation layers it had.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from ..data import DataSource, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
-from ..sandbox import Limits, run_programs
+from ..sandbox import Limits, capabilities, run_programs
 from ..text import encode, encode_prefix, example_seed
 from .base import Settings, Task, TaskResult, mean
 
@@ -63,7 +64,7 @@ def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settin
     used = {"seed": settings.seed, "diffusion_steps": settings.diffusion_steps, **decoding.as_dict()}
     return TaskResult({"pass@1": mean([r["passed"] for r in records])}, records,
                       {**(used if engine.kind == "diffusion" else {"decoding": "greedy, prefix only"}),
-                       "timeout_s": settings.code_timeout})
+                       "timeout_s": settings.code_timeout, "sandbox": capabilities().as_dict()})
 
 
 TASKS = (Task("humaneval", "Code", ("pass@1",), load_humaneval, evaluate_humaneval),)
