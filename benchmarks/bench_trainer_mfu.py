@@ -104,7 +104,8 @@ def measure(variant: str, args: argparse.Namespace, device: torch.device) -> dic
         train_step()
         meter.add(args.batch_size * block)
     _synchronize(device)
-    result = {"step_s": (time.perf_counter() - start) / args.steps, **meter.report()}
+    result = {"step_s": (time.perf_counter() - start) / args.steps, "flops_per_token": meter.flops_per_token,
+              **meter.report()}
     result["params_b"] = sum(p.numel() for p in model.parameters()) / 1e9
     if device.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
