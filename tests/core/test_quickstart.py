@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import attention_patch
-from llamafactory.quickstart import DIFFUGPT, build_parser
+from llamafactory.quickstart import DIFFUGPT, DIFFULLAMA, build_parser, main
 from model import DiscreteDiffusionModel, generate_samples
 from tests.tiny import tiny_tokenizer, write_diffugpt_m, write_diffugpt_s, write_diffullama
 
@@ -90,17 +90,23 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.parametrize("family,name", [(DIFFUGPT, "s"), (DIFFUGPT, "m"), (DIFFULLAMA, "l")])
+def test_inf_scripts_sample_from_each_layout(checkpoints, capsys, family, name):
+    assert main(family, ["--model_name", str(checkpoints / name), "--diffusion_steps", "6", "--prompt", "the cat",
+                         "--num_samples", "2", "--device", "cpu", "--flash_attn", "eager"]) == 0
+    printed = capsys.readouterr().out
+    assert "Unconditional generation" in printed and "Prefix generation" in printed
+    prefix_part = printed.split("Prefix generation")[1].split("\n", 1)[1]
+    assert prefix_part.startswith("the cat") and prefix_part.count("the cat") >= 2
+    assert "<mask>" not in printed and "[¨M¨]" not in printed
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script,name", [("inf_diffugpt.py", "s"), ("inf_diffugpt.py", "m"),
-                                         ("inf_diffullama.py", "l")])
-def test_inf_scripts_sample_from_each_layout(checkpoints, script, name):
-    result = _run(script, "--model_name", str(checkpoints / name), "--diffusion_steps", "6", "--prompt", "the cat",
-                  "--num_samples", "2", "--device", "cpu", "--flash_attn", "eager")
+def test_inf_diffullama_script_runs_as_a_command(checkpoints):
+    result = _run("inf_diffullama.py", "--model_name", str(checkpoints / "l"), "--diffusion_steps", "4",
+                  "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "Unconditional generation" in result.stdout and "Prefix generation" in result.stdout
-    prefix_part = result.stdout.split("Prefix generation")[1].split("\n", 1)[1]
-    assert prefix_part.startswith("the cat") and prefix_part.count("the cat") >= 2
-    assert "<mask>" not in result.stdout and "[¨M¨]" not in result.stdout
 
 
 def _broken_checkpoint(source: Path, target: Path) -> Path:
@@ -121,20 +127,33 @@ def _maskless_checkpoint(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.parametrize("expected,case", [
+    ("does not exist", "missing"),
+    ("reachable Hub", "hub"),
+    ("missing keys: transformer.ln_f.weight", "broken"),
+    ("no mask token", "maskless"),
+    ("generation length", "long prompt"),
+    ("diffusion_steps must be >= 1", "no steps"),
+])
+def test_bad_input_gives_one_error_line_and_exit_code_2(checkpoints, tmp_path, capsys, expected, case):
+    arguments = {
+        "missing": ["--model_name", str(tmp_path / "missing")],
+        "hub": ["--model_name", "no-such-org/no-such-model"],
+        "broken": lambda: ["--model_name", str(_broken_checkpoint(checkpoints / "s", tmp_path / "b"))],
+        "maskless": lambda: ["--model_name", str(_maskless_checkpoint(checkpoints / "s", tmp_path / "nomask"))],
+        "long prompt": ["--model_name", str(checkpoints / "s"), "--prompt", "the cat " * 30],
+        "no steps": ["--model_name", str(checkpoints / "s"), "--diffusion_steps", "0"],
+    }[case]
+    assert main(DIFFUGPT, arguments() if callable(arguments) else arguments) == 2
+    captured = capsys.readouterr()
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], captured.err
+    assert "Traceback" not in captured.err
+
+
 @pytest.mark.slow
-def test_bad_input_gives_one_error_line_and_nonzero_exit(checkpoints, tmp_path):
-    cases = {
-        "does not exist": ["--model_name", str(tmp_path / "missing")],
-        "reachable Hub": ["--model_name", "no-such-org/no-such-model"],
-        "missing keys: transformer.ln_f.weight": ["--model_name", str(_broken_checkpoint(checkpoints / "s",
-                                                                                           tmp_path / "b"))],
-        "no mask token": ["--model_name", str(_maskless_checkpoint(checkpoints / "s", tmp_path / "nomask"))],
-        "generation length": ["--model_name", str(checkpoints / "s"), "--prompt", "the cat " * 30],
-        "diffusion_steps must be >= 1": ["--model_name", str(checkpoints / "s"), "--diffusion_steps", "0"],
-    }
-    for expected, args in cases.items():
-        result = _run("inf_diffugpt.py", *args)
-        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert result.returncode == 2, (expected, result.stderr)
-        assert len(error_lines) == 1 and expected in error_lines[0], (expected, result.stderr)
-        assert "Traceback" not in result.stderr
+def test_the_script_itself_exits_2_with_one_error_line(tmp_path):
+    result = _run("inf_diffugpt.py", "--model_name", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: checkpoint directory {tmp_path / 'missing'} does not exist"]
