@@ -43,13 +43,14 @@ from .tokens import (
     DEFAULT_MASK_TOKEN,
     KNOWN_MODELS,
     SpecialTokens,
+    add_known_tokens,
     add_mask_token,
     resolve_special_tokens,
     start_token_id,
 )
 
 __all__ = [
-    "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
+    "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
     "apply_adapters", "corrupt", "DEFAULT_MASK_TOKEN", "detect_layout", "diffusion_loss", "DiffusionLM",
     "DiffusionLoss", "ESTIMATORS", "first_predicted_token", "generation_length", "is_bidirectional", "KNOWN_MODELS",
     "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
