@@ -114,3 +114,11 @@ def test_harness_prompts_tokenize_each_pair_as_one_string(bos_tokenizer):
     assert context + continuation == _ids(tok, "Question: To cool a cup of tea quickly,\nAnswer: add a cube of ice.", True)
     winogrande = TASKS["winogrande"].load(DataSource(FIXTURES))[0].encoded(tok, "harness")
     assert winogrande[0][1] == _ids(tok, " won the race.", False)  # partial scoring: only the rest is scored
+
+
+def test_a_winogrande_blank_opening_the_sentence_gives_the_options_first_token(tokenizer):
+    from dlm_eval.tasks.choice import winogrande_example
+
+    example = winogrande_example(0, "", ["Anna", "Ben"], "was hungry.", 0)
+    option, rest = _ids(tokenizer, "Anna", False), _ids(tokenizer, "was hungry.", False)
+    assert example.encoded(tokenizer, "original")[0] == (option[:1], option[1:] + rest)
