@@ -82,7 +82,8 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     run.add_argument("--data_dir", default=None,
                      help="local data in the published formats (layout: docs/data.md); default: the Hub sets")
     run.add_argument("--limit", type=int, default=None,
-                     help="first N examples of each task (default: all; ROCStories: the paper's first 1,000)")
+                     help="first N examples of each task (default: all; the original's subsets: ROCStories 1,000, "
+                          "TriviaQA and SQuAD 2,000)")
     run.add_argument("--batch_size", type=int, default=32, help="rows per forward pass; results do not depend on it")
     run.add_argument("--seed", type=int, default=0, help="seed of noise levels and per-example samplers")
     run.add_argument("--output_dir", default=None, help="default: output/eval/<model name>")
