@@ -3,7 +3,8 @@
     python benchmarks/bench_scoring.py                       # CPU, a small random GPT-2, 32 HellaSwag-like examples
     python benchmarks/bench_scoring.py --device cuda --examples 256 --batch_size 256
 
-Both paths score the same (context, choice) pairs at the same ``T`` noise levels with the same masks;
+Both paths score the same (context, choice) pairs at the same ``T`` noise levels with the same masks
+(``--scorer``'s estimator);
 the loop runs one forward pass per (example, choice, level), as the original evaluation scripts did.
 The script checks that both give the same scores and prints examples per second and the speed-up.
 """
@@ -22,7 +23,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
 
 from dlm_eval import DiffusionEngine  # noqa: E402
-from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks  # noqa: E402
+from llamafactory.ddm import ESTIMATORS, DiffusionLM, SpecialTokens, level_masks  # noqa: E402
 
 
 def build_model(args: argparse.Namespace) -> DiffusionLM:
@@ -49,13 +50,15 @@ def build_examples(args: argparse.Namespace) -> list[list[tuple[list[int], list[
 
 
 @torch.no_grad()
-def loop_scores(model: DiffusionLM, pairs, steps: int, seed: int) -> list[float]:
-    """One forward pass per (pair, level): the unbatched baseline."""
+def loop_scores(model: DiffusionLM, pairs, steps: int, seed: int, estimator: str) -> list[float]:
+    """One forward pass per (pair, non-empty level): the unbatched baseline."""
     scores = []
     for context, continuation in pairs:
         total = 0.0
         target = torch.tensor(continuation, device=model.device)
-        for positions in level_masks(len(continuation), steps, seed):
+        for positions in level_masks(len(continuation), steps, seed, estimator):
+            if not positions:
+                continue
             ids = torch.tensor([context + continuation], device=model.device)
             masked = [len(context) + p for p in positions]
             ids[0, masked] = model.mask_id
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--choices", type=int, default=4)
     parser.add_argument("--steps", type=int, default=32, help="noise levels T")
+    parser.add_argument("--scorer", choices=ESTIMATORS, default="original", help="likelihood estimator")
     parser.add_argument("--batch_size", type=int, default=64, help="rows per forward pass of the batched scorer")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--width", type=int, default=256)
@@ -102,9 +106,10 @@ def main() -> None:
     per_round = -(-len(examples) // args.rounds) * args.choices
     for start in range(0, len(pairs), per_round):
         part = pairs[start : start + per_round]
-        scores, seconds = timed(lambda: engine.score(part, steps=args.steps, seed=args.seed, desc="batched"))
+        scores, seconds = timed(lambda part=part: engine.score(part, steps=args.steps, seed=args.seed,
+                                                               estimator=args.scorer, desc="batched"))
         batched, batched_seconds = batched + scores, batched_seconds + seconds
-        scores, seconds = timed(lambda: loop_scores(model, part, args.steps, args.seed))
+        scores, seconds = timed(lambda part=part: loop_scores(model, part, args.steps, args.seed, args.scorer))
         looped, loop_seconds = looped + scores, loop_seconds + seconds
     difference = max(abs(a - b) for a, b in zip(batched, looped))
 

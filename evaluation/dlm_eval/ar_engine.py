@@ -41,8 +41,8 @@ class AutoregressiveEngine:
 
     @torch.no_grad()
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
-              desc: str) -> list[float]:
-        """``-log p(continuation | context)``; ``steps`` and ``seed`` do not apply to an AR model."""
+              desc: str, estimator: str = "original") -> list[float]:
+        """``-log p(continuation | context)``; ``steps``, ``seed`` and ``estimator`` do not apply to an AR model."""
         fitted = [fit_pair(context, continuation, self.max_length) for context, continuation in pairs]
         scores = [0.0] * len(fitted)
         order = sorted(range(len(fitted)), key=lambda i: len(fitted[i][0]) + len(fitted[i][1]))

@@ -26,7 +26,7 @@ from llamafactory.command_line import (
     resolve_dtype,
     run_command,
 )
-from llamafactory.ddm import apply_adapters, load_diffusion_lm, load_tokenizer
+from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.ddm.sampling import STRATEGIES
 from llamafactory.errors import UserInputError
 from llamafactory.utils.hub import resolve_checkpoint_dir
@@ -36,7 +36,7 @@ from .data import DataSource
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, Engine
 from .runner import load_examples, run_tasks
-from .tasks import TASKS, Settings, select_tasks
+from .tasks import PROMPT_FORMATS, TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
 
@@ -44,19 +44,20 @@ logger = logging.getLogger("dlm_eval")
 
 @dataclass(frozen=True)
 class Family:
-    """Defaults of one evaluation script."""
+    """Defaults of one evaluation script: the original script's temperature and its GSM8K config's."""
 
     description: str
     kind: str  # "diffusion" or "autoregressive"
     model_name: str
     base_model_name: str | None = None
     logits_temp: float = 0.95
+    gsm8k_temp: float = 1.0
 
 
 DIFFUGPT = Family("Evaluate a DiffuGPT checkpoint on the paper's benchmarks.", "diffusion",
-                  "diffusionfamily/diffugpt-s", "gpt2", 0.95)
+                  "diffusionfamily/diffugpt-s", "gpt2", 0.95, 0.98)
 DIFFULLAMA = Family("Evaluate a DiffuLLaMA checkpoint on the paper's benchmarks.", "diffusion",
-                    "diffusionfamily/diffullama", None, 0.9)
+                    "diffusionfamily/diffullama", None, 0.9, 1.0)
 LLM = Family("Evaluate an autoregressive baseline on the paper's benchmarks (multiple choice by "
              "log-likelihood, generation by greedy decoding, infilling from the prefix only).", "autoregressive",
              "gpt2")
@@ -81,7 +82,8 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     run.add_argument("--data_dir", default=None,
                      help="local data in the published formats (layout: docs/data.md); default: the Hub sets")
     run.add_argument("--limit", type=int, default=None,
-                     help="first N examples of each task (default: all; ROCStories: the paper's first 1,000)")
+                     help="first N examples of each task (default: all; the original's subsets: ROCStories 1,000, "
+                          "TriviaQA and SQuAD 2,000)")
     run.add_argument("--batch_size", type=int, default=32, help="rows per forward pass; results do not depend on it")
     run.add_argument("--seed", type=int, default=0, help="seed of noise levels and per-example samplers")
     run.add_argument("--output_dir", default=None, help="default: output/eval/<model name>")
@@ -91,15 +93,22 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
                               help="T for multiple-choice scoring, ROCStories and HumanEval "
                                    "(LAMBADA and TriviaQA use T = generated length)")
         sampling.add_argument("--logits_temp", type=float, default=None,
-                              help=f"sampling temperature (default {family.logits_temp}; LAMBADA 1.0)")
-        sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default 0.9)")
+                              help=f"sampling temperature (default {family.logits_temp}; LAMBADA 1.0, "
+                                   f"GSM8K {family.gsm8k_temp})")
+        sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default: none, as the original)")
         sampling.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
-                              help="positions fixed per step (default random; GSM8K topk)")
+                              help="positions fixed per step (default topk, the original evaluation's)")
         add_bool_flag(sampling, "--greedy", None, "argmax instead of sampling (default false; GSM8K true)")
         sampling.add_argument("--gsm8k_steps", type=int, default=64, help="T for GSM8K")
+        sampling.add_argument("--scorer", choices=ESTIMATORS, default="original",
+                              help="multiple-choice likelihood estimator: original (each token masked with "
+                                   "probability t/T) or exact (ceil(n t/T) tokens; lower variance)")
     tasks = parser.add_argument_group("task options")
-    tasks.add_argument("--triviaqa_extra_tokens", type=int, default=10,
-                       help="TriviaQA generates the gold answer's length plus this many tokens")
+    tasks.add_argument("--prompt_format", choices=PROMPT_FORMATS, default="original",
+                       help="multiple-choice prompts: original (the original scripts' strings and tokenization) "
+                            "or harness (lm-evaluation-harness conventions, partial scoring for WinoGrande)")
+    tasks.add_argument("--triviaqa_extra_tokens", type=int, default=0,
+                       help="TriviaQA generates the longest accepted answer's length plus this many tokens")
     tasks.add_argument("--gsm8k_max_length", type=int, default=256,
                        help="GSM8K prompt + answer length (the fine-tuning cutoff_len)")
     tasks.add_argument("--code_timeout", type=float, default=10.0, help="seconds per HumanEval program")
@@ -130,13 +139,15 @@ def _check(args: argparse.Namespace) -> None:
         raise UserInputError(f"--topp_temp must be in (0, 1], got {top_p}")
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(args: argparse.Namespace, family: Family) -> Settings:
     return Settings(
         seed=args.seed, diffusion_steps=getattr(args, "diffusion_steps", 32),
         temperature=getattr(args, "logits_temp", None), top_p=getattr(args, "topp_temp", None),
         strategy=getattr(args, "strategy", None), greedy=getattr(args, "greedy", None),
+        scorer=getattr(args, "scorer", "original"), prompt_format=args.prompt_format,
         triviaqa_extra_tokens=args.triviaqa_extra_tokens, gsm8k_steps=getattr(args, "gsm8k_steps", 64),
-        gsm8k_max_length=args.gsm8k_max_length, code_timeout=args.code_timeout, code_workers=args.code_workers,
+        gsm8k_max_length=args.gsm8k_max_length, gsm8k_temperature=family.gsm8k_temp,
+        code_timeout=args.code_timeout, code_workers=args.code_workers,
     )
 
 
@@ -184,7 +195,7 @@ def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args.model_name)
     engine = load_engine(family, args)
     config = {key: value for key, value in vars(args).items()}
-    summary = run_tasks(engine, tasks, examples, settings_from(args), output_dir=output_dir,
+    summary = run_tasks(engine, tasks, examples, settings_from(args, family), output_dir=output_dir,
                         model=Path(str(args.model_name)).name or str(args.model_name), config=config)
     print(summary["table"])
     print(f"results: {output_dir / 'results.json'}")

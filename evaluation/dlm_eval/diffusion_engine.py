@@ -38,12 +38,12 @@ class DiffusionEngine:
         self._pad_id = next((i for i in (tokens.pad_id, tokens.eos_id) if i is not None), tokens.mask_id)
 
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
-              desc: str) -> list[float]:
+              desc: str, estimator: str = "original") -> list[float]:
         fitted = [fit_pair(context, continuation, self.max_length) for context, continuation in pairs]
         with tqdm(total=len(fitted) * steps, desc=desc, unit="row") as bar:
             return score_continuations(
                 self.model, [c for c, _, _ in fitted], [x for _, x, _ in fitted], steps=steps, seed=seed,
-                batch_size=self.batch_size, progress=bar.update,
+                estimator=estimator, batch_size=self.batch_size, progress=bar.update,
             )
 
     def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:

@@ -50,8 +50,8 @@ class Engine(Protocol):
     decoding: Decoding  # the model family's sampler defaults
 
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
-              desc: str) -> list[float]:
-        """One score per (context, continuation) pair; lower is better."""
+              desc: str, estimator: str = "original") -> list[float]:
+        """One score per (context, continuation) pair; lower is better (``estimator``: docs/design.md#likelihood-scoring)."""
 
     def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
         """The generated hole of each request (at most ``length`` tokens)."""

@@ -11,8 +11,8 @@ From the shell, ``python evaluation/lm_eval_diffllm.py`` takes exactly ``lm_eval
 so a plain ``lm_eval`` process would not know the name.
 
 * ``loglikelihood``: minus the likelihood score (mean masked cross-entropy over ``diffusion_steps`` noise
-  levels), so the harness's argmax picks the same choice as the paper's argmin; ``is_greedy`` says
-  whether one greedy denoising step over the fully masked continuation reproduces it.
+  levels, estimator ``scorer``), so the harness's argmax picks the same choice as the paper's argmin;
+  ``is_greedy`` says whether one greedy denoising step over the fully masked continuation reproduces it.
 * ``loglikelihood_rolling``: minus the core's deterministic ELBO estimate of the text's NLL (nats).
 * ``generate_until``: ``max_gen_toks`` masked positions after the context, filled by the core sampler
   with ``sampling_steps`` steps, cut at the first stop sequence.
@@ -53,8 +53,8 @@ class DiffLLM(LM):
                  dtype: str = "auto", device: str | None = None, attn_implementation: str = "sdpa",
                  batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, sampling_steps: int = 64,
                  max_gen_toks: int = 128, logits_temp: float = 0.95, topp_temp: float = 0.9,
-                 strategy: str = "random", greedy: bool = False, trust_remote_code: bool = False,
-                 max_batch_size: int | None = None) -> None:
+                 strategy: str = "random", greedy: bool = False, scorer: str = "original",
+                 trust_remote_code: bool = False, max_batch_size: int | None = None) -> None:
         super().__init__()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_diffusion_lm(
@@ -66,7 +66,7 @@ class DiffLLM(LM):
         self.engine = DiffusionEngine(model, tokenizer, batch_size=_batch_size(batch_size), decoding=decoding)
         self._device = target
         self.diffusion_steps, self.sampling_steps = int(diffusion_steps), int(sampling_steps)
-        self.seed, self.max_gen_toks = int(seed), int(max_gen_toks)
+        self.seed, self.max_gen_toks, self.scorer = int(seed), int(max_gen_toks), scorer
 
     def _start(self) -> list[int]:
         """The token a sequence starts with when its context is empty (shift needs one given token)."""
@@ -86,7 +86,8 @@ class DiffLLM(LM):
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [self._pair(*request.args) for request in requests]
-        scores = self.engine.score(pairs, steps=self.diffusion_steps, seed=self.seed, desc="loglikelihood")
+        scores = self.engine.score(pairs, steps=self.diffusion_steps, seed=self.seed, estimator=self.scorer,
+                                   desc="loglikelihood")
         one_step = Decoding(temperature=1.0, top_p=None, strategy="topk", greedy=True)
         greedy = self.engine.fill([FillRequest(c, len(x), (), steps=1) for c, x in pairs], one_step,
                                   desc="greedy check")

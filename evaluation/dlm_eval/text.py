@@ -1,21 +1,59 @@
 """Text -> token ids for evaluation, fitting into the model's window, and per-example seeds.
 
-Tokenization follows the harness convention: a (context, continuation) pair is encoded as one string
-and split where the context's own tokens end, so word-boundary spaces belong to the continuation.
+Two conventions. The original evaluation's (the default, docs/design.md#evaluation-protocols): each piece
+of a prompt is tokenized on its own, with or without the tokenizer's special tokens exactly as the
+original scripts called ``tokenizer.encode``, and the ids are concatenated (:func:`encode_pieces`,
+:func:`split_whole`). The harness convention (``--prompt_format harness``): a (context, continuation)
+pair is encoded as one string and split where the context's own tokens end, so word-boundary spaces
+belong to the continuation (:func:`encode_pair`).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from llamafactory.errors import UserInputError
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without any special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def encode(tokenizer: Any, text: str, *, special_tokens: bool = False) -> list[int]:
+    """Token ids of ``text``; with ``special_tokens`` as ``tokenizer.encode(text)`` gives them (LLaMA's BOS first)."""
+    return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A part of a prompt, tokenized on its own: ``scored`` pieces form the continuation."""
+
+    text: str
+    special_tokens: bool = False
+    scored: bool = False
+
+
+def encode_pieces(tokenizer: Any, pieces: Sequence[Piece]) -> tuple[list[int], list[int]]:
+    """``(context_ids, continuation_ids)``: the given pieces' ids, then the scored pieces' ids, each piece
+    encoded separately (the original scripts' ``prefix + tokenizer.encode(choice)``)."""
+    context: list[int] = []
+    continuation: list[int] = []
+    for piece in pieces:
+        if not piece.scored and continuation:
+            raise ValueError("given pieces must come before the scored ones")
+        (continuation if piece.scored else context).extend(encode(tokenizer, piece.text,
+                                                                  special_tokens=piece.special_tokens))
+    return context, continuation
+
+
+def split_whole(tokenizer: Any, prefix: str, whole: str, *, special_tokens: bool) -> tuple[list[int], list[int]]:
+    """The original LAMBADA split: ``whole`` (which starts with ``prefix``) is tokenized once and its first
+    ``len(encode(prefix))`` ids are given, the rest is the target. Should that leave no target, the prefix
+    and the rest of ``whole`` are tokenized separately instead."""
+    ids = encode(tokenizer, whole, special_tokens=special_tokens)
+    prefix_ids = encode(tokenizer, prefix, special_tokens=special_tokens)
+    if len(prefix_ids) < len(ids):
+        return ids[: len(prefix_ids)], ids[len(prefix_ids) :]
+    return prefix_ids, encode(tokenizer, whole[len(prefix) :])
 
 
 def leading_special_ids(tokenizer: Any) -> list[int]:

@@ -215,3 +215,111 @@ def test_save_takes_an_explicit_state_dict(released, tmp_path, layout):
                                        tokenizer=tokenizer)
     again, _ = load_diffusion_lm(target)
     assert torch.equal(again.model.transformer.ln_f.bias, expected)
+
+
+# Adapters written by hand: the tensors of one LoRA adapter (rank 4 on two projections, plus a trained copy of
+# the embedding) saved twice, under the original wrapper's names and under transformers' names.
+LORA_RANK, LORA_ALPHA = 4, 8
+ADAPTER_LAYOUTS = {
+    # released layout -> (targets, embedding in transformers names, body prefix in transformers names)
+    "diffullama": (("self_attn.q_proj", "self_attn.v_proj"), "model.embed_tokens", "model."),
+    "diffugpt-s": (("attn.c_attn", "mlp.c_fc"), "transformer.wte", "transformer."),
+}
+
+
+def _lora_tensors(model: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Random LoRA A / B factors for each targeted module and a perturbed embedding, in transformers' names."""
+    targets, embedding, _ = ADAPTER_LAYOUTS[name]
+    generator = torch.Generator().manual_seed(5)
+    tensors = {}
+    for module_name, module in model.named_modules():
+        if module_name.endswith(targets):
+            weight = module.weight  # Linear [out, in]; GPT-2's Conv1D stores [in, out]
+            fan_in, fan_out = (weight.shape[0], weight.shape[1]) if name == "diffugpt-s" else weight.shape[::-1]
+            tensors[f"{module_name}.lora_A.weight"] = torch.randn(LORA_RANK, fan_in, generator=generator) * 0.1
+            tensors[f"{module_name}.lora_B.weight"] = torch.randn(fan_out, LORA_RANK, generator=generator) * 0.1
+    rows = model.get_input_embeddings().weight
+    tensors[f"{embedding}.weight"] = rows.detach() + 0.05 * torch.randn(rows.shape, generator=generator)
+    return tensors
+
+
+def _write_adapter(directory: Path, tensors: dict[str, torch.Tensor], name: str, embedding_module: str) -> Path:
+    targets = [t.split(".")[-1] for t in ADAPTER_LAYOUTS[name][0]]
+    directory.mkdir(parents=True)
+    save_file({f"base_model.model.{k}": v.contiguous() for k, v in tensors.items()},
+              directory / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": LORA_RANK, "lora_alpha": LORA_ALPHA,
+              "lora_dropout": 0.0, "bias": "none", "target_modules": targets, "modules_to_save": [embedding_module],
+              "fan_in_fan_out": name == "diffugpt-s", "base_model_name_or_path": None, "inference_mode": True}
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _both_layouts(released, tmp_path, name) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """The same adapter in transformers' layout and in the original wrapper's layout."""
+    _, embedding, body = ADAPTER_LAYOUTS[name]
+    model, _ = load_diffusion_lm(released[name][0])
+    tensors = _lora_tensors(model.model, name)
+    hf = _write_adapter(tmp_path / "hf", tensors, name, embedding.split(".")[-1])
+    wrapped = {}
+    for key, value in tensors.items():
+        if key.startswith(embedding + "."):
+            wrapped["embed_tokens." + key[len(embedding) + 1 :]] = value
+        else:
+            wrapped["denoise_model." + key[len(body) :]] = value
+    wrapper = _write_adapter(tmp_path / "wrapper", wrapped, name, "embed_tokens")
+    return hf, wrapper, tensors
+
+
+@pytest.mark.parametrize("name", ["diffullama", "diffugpt-s"])
+def test_adapter_in_the_original_wrapper_layout_equals_the_same_adapter_in_hf_layout(released, tmp_path, name):
+    directory = released[name][0]
+    hf, wrapper, tensors = _both_layouts(released, tmp_path, name)
+    assert any(k.startswith("base_model.model.denoise_model.") for k in load_file(wrapper / "adapter_model.safetensors"))
+    plain, _ = load_diffusion_lm(directory)
+    from_hf, _ = load_diffusion_lm(directory, adapters=[str(hf)])
+    from_wrapper, _ = load_diffusion_lm(directory, adapters=[str(wrapper)])
+    ids = torch.randint(6, 400, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference, logits = from_hf(ids), from_wrapper(ids)
+        assert (reference - plain(ids)).abs().max() > 1e-2  # the adapter changes the model
+    torch.testing.assert_close(logits, reference)
+    _, embedding, _ = ADAPTER_LAYOUTS[name]
+    torch.testing.assert_close(from_wrapper.model.get_input_embeddings().weight, tensors[f"{embedding}.weight"])
+    if name == "diffullama":  # merged weight = W + (alpha / r) B A, from the file's factors
+        prefix = "model.layers.0.self_attn.q_proj"
+        delta = tensors[f"{prefix}.lora_B.weight"] @ tensors[f"{prefix}.lora_A.weight"] * LORA_ALPHA / LORA_RANK
+        torch.testing.assert_close(from_wrapper.model.model.layers[0].self_attn.q_proj.weight,
+                                   plain.model.model.layers[0].self_attn.q_proj.weight + delta)
+
+
+def test_wrapper_layout_adapter_loads_for_training_and_as_checkpoint_dir(released, tmp_path):
+    from llamafactory.ddm import load_adapter
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_model
+
+    directory = released["diffullama"][0]
+    hf, wrapper, tensors = _both_layouts(released, tmp_path, "diffullama")
+    trainable = load_adapter(load_causal_lm(directory), wrapper, is_trainable=True)
+    lora_a = dict(trainable.named_parameters())["base_model.model.model.layers.1.self_attn.v_proj.lora_A.default.weight"]
+    assert lora_a.requires_grad and torch.equal(lora_a.detach(), tensors["model.layers.1.self_attn.v_proj.lora_A.weight"])
+    config = {"model_name_or_path": str(directory), "checkpoint_dir": str(wrapper), "stage": "ddm-sft", "shift": True,
+              "do_train": True, "dataset": "gsm_demo", "finetuning_type": "full", "output_dir": "unused"}
+    model_args, _, training_args, finetuning_args, _ = get_train_args(config)
+    merged = load_model(model_args, finetuning_args, training_args).eval()
+    expected, _ = load_diffusion_lm(directory, adapters=[str(hf)])
+    ids = torch.randint(6, 400, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected(ids))
+
+
+def test_adapter_matching_neither_layout_names_its_first_keys(released, tmp_path):
+    directory = released["diffullama"][0]
+    _, wrapper, tensors = _both_layouts(released, tmp_path, "diffullama")
+    stray = {("encoder.blocks." + k.split("layers.", 1)[1]) if "layers." in k else k: v for k, v in tensors.items()}
+    bad = _write_adapter(tmp_path / "bad", stray, "diffullama", "embed_tokens")
+    with pytest.raises(UserInputError) as error:
+        load_diffusion_lm(directory, adapters=[str(bad)])
+    message = str(error.value)
+    assert message.startswith(f"adapter {bad} does not fit this LlamaForCausalLM: its keys match neither")
+    assert "first unmatched: base_model.model.encoder.blocks.0.self_attn." in message and "\n" not in message

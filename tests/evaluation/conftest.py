@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
 from tests.tiny import tiny_gpt2, tiny_tokenizer, write_diffugpt_s, write_diffullama
 
@@ -33,6 +35,16 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer():
+    """The tiny tokenizer made to prepend <s> whenever special tokens are added, as LLaMA's does."""
+    base = tiny_tokenizer()
+    backend = base.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", base.bos_token_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   mask_token="<mask>")
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def test_every_task_runs_and_writes_results(family, checkpoint, extra, random_ch
     assert all(r["status"] in ("passed", "failed", "timeout") for r in read_jsonl(output / "humaneval.jsonl"))
     assert results["tasks"]["humaneval"]["settings"]["sandbox"] == capabilities().as_dict()
     printed = capsys.readouterr().out
-    assert "| model | TriQA | Lamb. | Lamb.-OAI | HSwag |" in printed and results["table"] in printed
+    assert "| model | TriQA | SQuAD | Lamb. | Lamb.-OAI | HSwag |" in printed and results["table"] in printed
 
 
 @pytest.mark.slow

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from collections import Counter
 
 import pytest
 
 from dlm_eval import TASKS, DataSource
+from dlm_eval.tasks.choice import split_options
+from dlm_eval.text import Piece
 from llamafactory.errors import UserInputError
 
 from .common import FIXTURES
 
 # Record counts stated in each data set's published source (docs/data.md).
-REAL_COUNTS = {"triviaqa": 3000, "lambada": 5153, "lambada_openai": 5153, "hellaswag": 10042, "winogrande": 1267,
-               "siqa": 1954, "piqa": 1838, "gsm8k": 1319, "rocstories": 1871, "humaneval": 1033}
+REAL_COUNTS = {"triviaqa": 3000, "squad": 10570, "lambada": 5153, "lambada_openai": 5153, "hellaswag": 10042,
+               "winogrande": 1267, "siqa": 1954, "piqa": 1838, "gsm8k": 1319, "rocstories": 1871, "humaneval": 1033}
 
 
 def load(task: str, data_dir=FIXTURES):
@@ -41,36 +44,64 @@ def test_lambada_openai_reads_context_and_continuation():
 def test_hellaswag_reads_six_line_tasks():
     examples = load("hellaswag")
     assert [e.gold for e in examples] == [1, 0, 3]
-    context, ending = examples[0].pairs[1]
-    assert context == "Walking the dog: A man walks a small dog along the river. he"
-    assert ending == " stops and lets the dog drink some water."
-    assert all(len(e.pairs) == 4 for e in examples)
+    context = "Walking the dog: A man walks a small dog along the river. he"  # the text file lost ctx_b's capital
+    assert examples[0].harness[1] == (context, " stops and lets the dog drink some water.")
+    assert examples[0].original[1] == (Piece(context, special_tokens=True),
+                                       Piece("stops and lets the dog drink some water.", special_tokens=True, scored=True))
+    assert all(len(e.original) == len(e.harness) == 4 for e in examples)
 
 
-def test_winogrande_scores_the_shared_rest_after_each_option():
-    example = load("winogrande")[0]
-    assert example.gold == 0
-    assert example.pairs == (("The cat was quicker than the dog so the cat", " won the race."),
-                             ("The cat was quicker than the dog so the dog", " won the race."))
+def test_winogrande_original_scores_option_and_rest_harness_only_the_rest():
+    example = load("winogrande")[2]
+    assert example.gold == 1
+    assert example.original[0] == (Piece("Anna gave the fish to Ben because "), Piece("Anna", scored=True),
+                                   Piece("was hungry.", scored=True))
+    assert example.harness == (("Anna gave the fish to Ben because Anna", " was hungry."),
+                               ("Anna gave the fish to Ben because Ben", " was hungry."))
+
+
+def test_winogrande_options_are_split_at_a_word_boundary():
+    assert split_options("so Sam", "so Sarah") == ("so ", "Sam", "Sarah")
+    # both options opening with the same word: that word is taken for prefix (docs/data.md says so)
+    assert split_options("so the red car", "so the blue car") == ("so the ", "red car", "blue car")
 
 
 def test_piqa_joins_labels_file():
     examples = load("piqa")
     assert [e.gold for e in examples] == [0, 1, 0]
-    assert examples[1].pairs[1] == ("Question: To cool a cup of tea quickly,\nAnswer:", " add a cube of ice.")
+    question = "Question: To cool a cup of tea quickly,\nAnswer: "
+    assert examples[1].original[1] == (Piece(question, special_tokens=True),
+                                       Piece(" add a cube of ice.", special_tokens=True, scored=True))
+    assert examples[1].harness[1] == (question.rstrip(), " add a cube of ice.")
 
 
 def test_siqa_labels_are_one_based():
     examples = load("siqa")
     assert [e.gold for e in examples] == [0, 1, 2]
-    assert examples[0].pairs[0] == ("Question: Sam gave a fish to the hungry cat. How would you describe Sam?\nAnswer:",
-                                    " kind")
+    question = "Question: Sam gave a fish to the hungry cat. How would you describe Sam?\nAnswer: "
+    assert examples[0].original[0] == (Piece(question), Piece("kind", scored=True))
+    assert examples[0].harness[0] == (question.rstrip(), " kind")
 
 
-def test_triviaqa_keeps_answer_and_aliases():
+def test_triviaqa_prompt_is_the_original_scripts():
     example = load("triviaqa")[1]
-    assert example.prompt == "Question: What is the largest ocean on Earth?\nAnswer:"
-    assert example.answer == "Pacific Ocean" and "The Pacific" in example.aliases
+    assert example.prompt == "Question: What is the largest ocean on Earth??\nAnswer: "  # sic: "?" is appended
+    assert example.answers == ("Pacific Ocean", "Pacific", "The Pacific")
+
+
+def test_squad_reads_the_official_file_with_its_passage():
+    examples = load("squad")
+    assert len(examples) == 3
+    assert examples[0].prompt == ("The river Nile flows north through Egypt into the Mediterranean Sea.\n"
+                                  "QuesionWhich sea does the Nile flow into??\nAnswer: ")  # sic
+    assert examples[0].answers == ("the Mediterranean Sea", "Mediterranean Sea", "Mediterranean")
+    assert examples[2].prompt.startswith("Tom has three cats. The oldest cat is called Mia.\nQuesionWhat")
+
+
+def test_malformed_squad_file_is_an_error(tmp_path):
+    (tmp_path / "dev-v1.1.json").write_text(json.dumps({"data": [{"paragraphs": [{"qas": [{"question": "q", "answers": []}]}]}]}))
+    with pytest.raises(UserInputError, match="task squad: .* is not a SQuAD v1.1 file .*'context'"):
+        load("squad", tmp_path)
 
 
 def test_rocstories_puts_the_right_ending_in_the_suffix():
@@ -97,6 +128,8 @@ def test_humaneval_reads_gzipped_and_plain_jsonl(tmp_path):
 
 @pytest.mark.parametrize("task", sorted(REAL_COUNTS))
 def test_real_file_has_the_published_record_count(task, shared_data):
+    if task == "squad" and not (shared_data / "squad").is_dir():
+        pytest.skip("no SQuAD file in the shared data folder")
     examples = load(task, shared_data)
     assert len(examples) == REAL_COUNTS[task]
     assert len({e.id for e in examples}) == len(examples)
@@ -163,14 +196,20 @@ HUB_ROWS = {
                                                     "stops and lets the dog drink some water.",
                                                     "is flying over the house.", "sleeps under the green sky."],
                          "label": "1"}],
-    "allenai/winogrande": [{"sentence": "The cat was quicker than the dog so _ won the race.", "option1": "the cat",
-                            "option2": "the dog", "answer": "1"}],
+    "allenai/winogrande": [{"sentence": "Anna gave the fish to Ben because _ was hungry.", "option1": "Anna",
+                            "option2": "Ben", "answer": "2"}],
     "ybisk/piqa": [{"goal": "To cool a cup of tea quickly,", "sol1": "pour it into a warm pot.",
                     "sol2": "add a cube of ice.", "label": 1}],
     "allenai/social_i_qa": [{"context": "Sam gave a fish to the hungry cat.", "question": "How would you describe Sam?",
                              "answerA": "kind", "answerB": "cruel", "answerC": "asleep", "label": "1"}],
     "mandarjoshi/trivia_qa": [{"question": "Which planet is known as the Red Planet?",
-                               "answer": {"value": "Mars", "aliases": ["Mars", "Planet Mars"]}}],
+                               "answer": {"value": "Mars", "aliases": ["Mars", "Planet Mars"],
+                                          "normalized_aliases": ["mars", "planet mars"]}}],
+    "rajpurkar/squad": [{"id": "q1", "title": "Nile",
+                         "context": "The river Nile flows north through Egypt into the Mediterranean Sea.",
+                         "question": "Which sea does the Nile flow into?",
+                         "answers": {"text": ["the Mediterranean Sea", "Mediterranean Sea", "Mediterranean"],
+                                     "answer_start": [46, 50, 50]}}],
     "openai/gsm8k": [{"question": "Ann had 10 apples and gave away 7. How many apples does she have left?",
                       "answer": "She has 10 - 7 = <<10-7=3>>3 apples left.\n#### 3"}],
     "cimec/lambada": [{"text": "the sun is red today and the moon is blue . i do n't see a star in the sky"}],
@@ -179,7 +218,7 @@ HUB_ROWS = {
 
 
 @pytest.mark.parametrize("task, same_as", [
-    ("hellaswag", 0), ("winogrande", 0), ("piqa", 1), ("siqa", 0), ("triviaqa", 0), ("gsm8k", 1), ("lambada", 2),
+    ("winogrande", 2), ("piqa", 1), ("siqa", 0), ("triviaqa", 0), ("squad", 0), ("gsm8k", 1), ("lambada", 2),
     ("lambada_openai", 2),
 ])
 def test_hub_rows_map_to_the_same_examples_as_local_files(task, same_as, monkeypatch):
@@ -193,9 +232,21 @@ def test_hub_rows_map_to_the_same_examples_as_local_files(task, same_as, monkeyp
     from_hub = TASKS[task].load(DataSource(None))[0]
     local = load(task)[same_as]
     assert requested and requested[0].split in ("validation", "test")
-    fields = {"triviaqa": ("prompt", "answer"), "gsm8k": ("question", "gold"), "lambada": ("context", "target"),
-              "lambada_openai": ("context", "target")}.get(task, ("pairs", "gold"))
+    fields = {"triviaqa": ("prompt",), "squad": ("prompt", "answers"), "gsm8k": ("question", "gold"),
+              "lambada": ("context", "target"), "lambada_openai": ("context", "target")}.get(
+        task, ("original", "harness", "gold"))
     assert [getattr(from_hub, f) for f in fields] == [getattr(local, f) for f in fields]
+
+
+def test_hellaswag_jsonl_and_hub_rows_capitalise_ctx_b_as_the_original(tmp_path, monkeypatch):
+    (tmp_path / "hellaswag_val.jsonl").write_text(json.dumps(HUB_ROWS["Rowan/hellaswag"][0]) + "\n")
+    monkeypatch.setattr(DataSource, "hub_rows", lambda self, name, hub: HUB_ROWS[hub.name])
+    from_hub, from_jsonl = load("hellaswag", None)[0], load("hellaswag", tmp_path)[0]
+    from_text = load("hellaswag")[0]
+    assert from_hub == from_jsonl
+    context = "Walking the dog: A man walks a small dog along the river. He"
+    assert from_hub.original[1][0] == Piece(context, special_tokens=True)
+    assert from_hub.harness == tuple((context, c) for _, c in from_text.harness)  # the text file: only "he" differs
 
 
 def test_unreachable_hub_is_a_one_line_error(monkeypatch):

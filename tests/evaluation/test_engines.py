@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from dlm_eval import TASKS, AutoregressiveEngine, DataSource, Decoding, DiffusionEngine, FillRequest, Settings
 from dlm_eval.tasks.choice import ChoiceExample, evaluate_choices
 from dlm_eval.tasks.lambada import LastWordExample, evaluate_last_word
-from dlm_eval.tasks.triviaqa import QuestionExample, evaluate_triviaqa
-from dlm_eval.text import encode_pair
+from dlm_eval.tasks.triviaqa import QuestionExample, evaluate_answers
+from dlm_eval.text import Piece, encode_pair
 from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks, load_diffusion_lm
 from tests.tiny import tiny_tokenizer
+from tests.tolerance import close
 
 from .common import FIXTURES
 
@@ -31,17 +32,20 @@ def planted_diffugpt(planted_diffugpt_dir):
 
 
 def fixture_pairs(tokenizer, window: int = 64) -> list[tuple[list[int], list[int]]]:
-    """Encoded choices of three fixture tasks that fit the tiny models' window untruncated."""
+    """Encoded choices (both prompt formats) of three fixture tasks that fit the tiny models' window untruncated."""
     source = DataSource(FIXTURES)
     examples = TASKS["hellaswag"].load(source) + TASKS["piqa"].load(source) + TASKS["winogrande"].load(source)
-    pairs = [encode_pair(tokenizer, c, x) for e in examples for c, x in e.pairs]
+    pairs = [pair for e in examples for form in ("original", "harness") for pair in e.encoded(tokenizer, form)]
     return [(c, x) for c, x in pairs if len(c) + len(x) <= window]
 
 
-def direct_score(model: DiffusionLM, context: list[int], continuation: list[int], steps: int, seed: int) -> float:
+def direct_score(model: DiffusionLM, context: list[int], continuation: list[int], steps: int, seed: int,
+                 estimator: str) -> float:
     """The likelihood score for one pair, one noise level at a time, on an unpadded single row."""
     total = 0.0
-    for positions in level_masks(len(continuation), steps, seed):
+    for positions in level_masks(len(continuation), steps, seed, estimator):
+        if not positions:
+            continue  # a level that masks nothing adds 0
         ids = torch.tensor([context + continuation])
         masked = [len(context) + p for p in positions]
         ids[0, masked] = model.mask_id
@@ -51,26 +55,30 @@ def direct_score(model: DiffusionLM, context: list[int], continuation: list[int]
     return total
 
 
-def test_batched_scores_equal_direct_per_example_computation(random_diffugpt):
+@pytest.mark.parametrize("estimator", ["original", "exact"])
+def test_batched_scores_equal_direct_per_example_computation(random_diffugpt, estimator):
     model, tokenizer = random_diffugpt
     pairs = fixture_pairs(tokenizer)
-    batched = DiffusionEngine(model, tokenizer, batch_size=8).score(pairs, steps=STEPS, seed=3, desc="test")
-    direct = [direct_score(model, c, x, STEPS, 3) for c, x in pairs]
-    assert batched == pytest.approx(direct, rel=1e-5, abs=1e-5)
+    batched = DiffusionEngine(model, tokenizer, batch_size=8).score(pairs, steps=STEPS, seed=3, desc="test",
+                                                                    estimator=estimator)
+    direct = [direct_score(model, c, x, STEPS, 3, estimator) for c, x in pairs]
+    assert batched == close(direct)
     assert len(set(round(s, 4) for s in batched)) > len(batched) // 2  # a random model: scores differ
 
 
-def test_scores_and_choices_do_not_depend_on_batch_size(random_diffugpt):
+@pytest.mark.parametrize("scorer, prompt_format", [("original", "original"), ("exact", "harness")])
+def test_scores_and_choices_do_not_depend_on_batch_size(random_diffugpt, scorer, prompt_format):
     model, tokenizer = random_diffugpt
     examples = TASKS["hellaswag"].load(DataSource(FIXTURES)) + TASKS["siqa"].load(DataSource(FIXTURES))
-    settings = Settings(diffusion_steps=STEPS)
+    settings = Settings(diffusion_steps=STEPS, scorer=scorer, prompt_format=prompt_format)
     one = evaluate_choices("mc", DiffusionEngine(model, tokenizer, batch_size=1), examples, settings)
     eight = evaluate_choices("mc", DiffusionEngine(model, tokenizer, batch_size=8), examples, settings)
     # the same choices; scores equal up to float summation order inside differently shaped matmuls
     for a, b in zip(one.examples, eight.examples, strict=True):
         assert {k: v for k, v in a.items() if k != "scores"} == {k: v for k, v in b.items() if k != "scores"}
-        assert a["scores"] == pytest.approx(b["scores"], rel=1e-6, abs=1e-6)
+        assert a["scores"] == close(b["scores"])
     assert one.metrics == eight.metrics
+    assert one.settings == {"prompt_format": prompt_format, "diffusion_steps": STEPS, "seed": 0, "scorer": scorer}
 
 
 def test_generation_does_not_depend_on_batch_size(random_diffugpt):
@@ -94,13 +102,16 @@ def planted_choices() -> list[ChoiceExample]:
     for index, context in enumerate(contexts):
         choices = list(wrong)
         choices.insert(index, " dog dog")
-        examples.append(ChoiceExample(f"planted/{index}", tuple((context, c) for c in choices), index))
+        original = tuple((Piece(context), Piece(c, scored=True)) for c in choices)
+        examples.append(ChoiceExample(f"planted/{index}", original, tuple((context, c) for c in choices), index))
     return examples
 
 
-def test_multiple_choice_picks_the_planted_answer(planted_diffugpt):
+@pytest.mark.parametrize("scorer, prompt_format", [("original", "original"), ("exact", "harness")])
+def test_multiple_choice_picks_the_planted_answer(planted_diffugpt, scorer, prompt_format):
     model, tokenizer = planted_diffugpt
-    result = evaluate_choices("planted", DiffusionEngine(model, tokenizer), planted_choices(), Settings())
+    settings = Settings(scorer=scorer, prompt_format=prompt_format)
+    result = evaluate_choices("planted", DiffusionEngine(model, tokenizer), planted_choices(), settings)
     assert result.metrics["accuracy"] == 1.0
     assert [r["prediction"] for r in result.examples] == [0, 1, 2]
 
@@ -114,13 +125,17 @@ def test_lambada_counts_each_passage_once(planted_diffugpt):
     assert result.metrics["accuracy"] == pytest.approx(2 / 3)
 
 
-def test_triviaqa_finds_the_answer_in_a_longer_generation(planted_diffugpt):
+def test_answers_are_as_long_as_the_longest_accepted_answer(planted_diffugpt):
     model, tokenizer = planted_diffugpt
-    examples = [QuestionExample("t/0", "Question: Which animal barks?\nAnswer:", "dog", ("dog", "hound")),
-                QuestionExample("t/1", "Question: Which animal meows?\nAnswer:", "cat", ("cat",))]
-    result = evaluate_triviaqa(DiffusionEngine(model, tokenizer), examples, Settings(triviaqa_extra_tokens=2))
-    assert [r["prediction"] for r in result.examples] == ["dog dog dog", "dog dog dog"]
-    assert result.metrics == {"exact_match": 0.5, "f1": pytest.approx(0.25)}
+    examples = [QuestionExample("t/0", "Question: Which animal barks??\nAnswer: ", ("dog", "big dog")),
+                QuestionExample("t/1", "Question: Which animal meows??\nAnswer: ", ("cat",))]
+    longest = len(tokenizer("big dog", add_special_tokens=False)["input_ids"])
+    assert longest > 1 and len(tokenizer("cat", add_special_tokens=False)["input_ids"]) == 1
+    result = evaluate_answers("triviaqa", DiffusionEngine(model, tokenizer), examples, Settings())
+    assert [r["prediction"] for r in result.examples] == [" ".join(["dog"] * longest), "dog"]
+    assert [r["exact_match"] for r in result.examples] == [True, False]
+    longer = evaluate_answers("triviaqa", DiffusionEngine(model, tokenizer), examples, Settings(), extra_tokens=2)
+    assert [r["prediction"] for r in longer.examples] == [" ".join(["dog"] * (longest + 2)), "dog dog dog"]
 
 
 def test_supervised_prompt_is_framed_as_in_ddm_sft_training(random_diffugpt):
@@ -134,11 +149,12 @@ def test_supervised_prompt_is_framed_as_in_ddm_sft_training(random_diffugpt):
         [tokenizer.bos_token_id, 10, tokenizer.eos_token_id]  # as the training stage: EOS stands in for SEP
 
 
-def test_decoding_precedence_is_family_then_task_then_flags():
+def test_decoding_precedence_is_original_sampler_then_task_then_flags():
     family = Decoding(temperature=0.9)
-    assert Settings().decoding(family, temperature=1.0) == Decoding(temperature=1.0)
-    assert Settings(temperature=0.5, greedy=True).decoding(family, temperature=1.0, strategy="topk") == \
-        Decoding(temperature=0.5, strategy="topk", greedy=True)
+    assert Settings().decoding(family) == Decoding(temperature=0.9, top_p=None, strategy="topk", greedy=False)
+    assert Settings().decoding(family, temperature=1.0) == Decoding(temperature=1.0, top_p=None, strategy="topk")
+    assert Settings(temperature=0.5, greedy=True, top_p=0.9, strategy="random").decoding(family, temperature=1.0) == \
+        Decoding(temperature=0.5, top_p=0.9, strategy="random", greedy=True)
 
 
 def ar_log_likelihood(model, context: list[int], continuation: list[int]) -> float:

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import processors
-from transformers import PreTrainedTokenizerFast
 
 from dlm_eval.report import paper_table
 from dlm_eval.tasks.gsm8k import final_number, same_number, until_end
 from dlm_eval.tasks.rocstories import rouge
-from dlm_eval.tasks.triviaqa import contains_answer, first_line, normalize_answer, token_f1
-from dlm_eval.text import encode, encode_pair, example_seed, fit_infill, fit_pair, leading_special_ids
-from tests.tiny import tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def bos_tokenizer():
-    """The tiny tokenizer made to prepend <s>, as LLaMA's does."""
-    base = tiny_tokenizer()
-    backend = base.backend_tokenizer
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", base.bos_token_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   mask_token="<mask>")
+from dlm_eval.tasks.triviaqa import contains_answer, matches_answer, normalize_answer, token_f1
+from dlm_eval.text import (
+    Piece,
+    encode,
+    encode_pair,
+    encode_pieces,
+    example_seed,
+    fit_infill,
+    fit_pair,
+    leading_special_ids,
+    split_whole,
+)
 
 
 def test_leading_specials(tokenizer, bos_tokenizer):
@@ -35,6 +32,23 @@ def test_encode_pair_splits_one_tokenization(tokenizer, bos_tokenizer):
     assert context + continuation == encode(tokenizer, "the cat sees the dog")
     context, continuation = encode_pair(bos_tokenizer, "the cat sees the", " dog")
     assert context[0] == bos_tokenizer.bos_token_id and context[1:] == encode(bos_tokenizer, "the cat sees the")
+
+
+def test_encode_pieces_tokenizes_each_piece_on_its_own(tokenizer, bos_tokenizer):
+    pieces = (Piece("the cat sees ", special_tokens=True), Piece("the", scored=True), Piece("dog.", scored=True))
+    context, continuation = encode_pieces(bos_tokenizer, pieces)
+    assert context == bos_tokenizer("the cat sees ")["input_ids"] and context[0] == bos_tokenizer.bos_token_id
+    assert continuation == encode(bos_tokenizer, "the") + encode(bos_tokenizer, "dog.")
+    assert encode_pieces(tokenizer, pieces)[0] == encode(tokenizer, "the cat sees ")  # no BOS to add
+    with pytest.raises(ValueError):
+        encode_pieces(tokenizer, (Piece("a", scored=True), Piece("b")))
+
+
+def test_split_whole_counts_the_prefixs_own_tokens(bos_tokenizer):
+    context, target = split_whole(bos_tokenizer, "the cat sees the", "the cat sees the dog", special_tokens=True)
+    whole = bos_tokenizer("the cat sees the dog")["input_ids"]
+    assert context + target == whole
+    assert len(context) == len(bos_tokenizer("the cat sees the")["input_ids"]) and target == encode(bos_tokenizer, " dog")
 
 
 def test_fit_pair_cuts_context_from_the_left_keeping_its_first_token():
@@ -56,13 +70,16 @@ def test_example_seed_depends_on_seed_task_and_index_only():
                 example_seed(0, "lambada", 4)}) == 4
 
 
-def test_triviaqa_metrics():
+def test_answer_metrics():
     assert normalize_answer("The  Pacific, Ocean!") == ["pacific", "ocean"]
+    assert matches_answer("Pacific Ocean is big", ("The Pacific",))
+    assert matches_answer("onion", ("on",))  # the original rule: a substring of the normalized text
+    assert matches_answer("the red planet", (), ("red planet",))  # TriviaQA's normalized aliases count too
+    assert not matches_answer("anything", ("The",))  # an answer that normalizes to nothing matches nothing
     assert contains_answer("Pacific Ocean is big", ("The Pacific",))
-    assert not contains_answer("onion", ("on",))  # whole words only, unlike a substring test
+    assert not contains_answer("onion", ("on",))  # whole words only
     assert token_f1("pacific", ("Pacific Ocean", "Atlantic")) == pytest.approx(2 / 3)
     assert token_f1("", ("Mars",)) == 0.0
-    assert first_line("  Mars\nQuestion: next") == "Mars"
 
 
 def test_gsm8k_answer_extraction():

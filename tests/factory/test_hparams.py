@@ -60,6 +60,58 @@ def test_stage_defaults():
     assert get_train_args(BASE)[1].packing is True
 
 
+def test_original_keys_default_as_in_the_original(caplog):
+    _, _, _, finetuning_args, generating_args = get_train_args(BASE)
+    assert finetuning_args.shift is False  # the original's default; every shipped diffusion config sets true
+    assert "shift is not set" in caplog.text
+    assert (finetuning_args.diffusion_steps, generating_args.logits_temp) == (64, 1.0)
+    assert (generating_args.decoding_strategy, generating_args.topp_temp, generating_args.greedy) == ("random", 0.9, False)
+    assert get_train_args({**BASE, "score_temp": 0.9})[3].score_temp == 0.9  # accepted; no code reads it
+
+
+def test_shipped_small_config_anneals_over_the_ddm_default():
+    text = (EXAMPLES / "train_full/gpt2_full_ddm-small.yaml").read_text()
+    assert not [line for line in text.splitlines() if line.startswith("anneal_steps")]
+    assert get_train_args([str(EXAMPLES / "train_full/gpt2_full_ddm-small.yaml")])[3].anneal_steps == 10000
+
+
+# (config, diffusion_steps, logits_temp, decoding_strategy, greedy, topp_temp): what the original predict
+# path ran for each of its inference configs (top-k + argmax without top-p when eval_dataset is "gsm*").
+ORIGINAL_INFERENCE = [
+    ("inference/gpt2_full_ddm-gsm-inf.yaml", 64, 0.98, "topk", True, None),
+    ("inference/llama2_full_ddm-gsm-inf.yaml", 64, 1.0, "topk", True, None),
+    ("inference/gpt2_full_ddm-inf.yaml", 1024, 0.98, "random", False, 0.9),
+    ("inference/gpt2_full_ddm-small-inf-512.yaml", 512, 0.98, "random", False, 0.9),
+    ("inference/llama2_full_ddm-inf-uncon.yaml", 256, 0.98, "random", False, 0.9),
+]
+
+
+@pytest.mark.parametrize("name, steps, temperature, strategy, greedy, top_p", ORIGINAL_INFERENCE,
+                         ids=[row[0] for row in ORIGINAL_INFERENCE])
+def test_original_inference_configs_resolve_to_the_original_decoding(name, steps, temperature, strategy, greedy,
+                                                                      top_p):
+    text = (EXAMPLES / name).read_text()
+    assert "decoding_strategy" not in text and "greedy" not in text  # the original keys only
+    _, _, training_args, finetuning_args, generating_args = get_train_args([str(EXAMPLES / name)])
+    assert training_args.do_predict and finetuning_args.shift is True
+    assert (finetuning_args.diffusion_steps, generating_args.logits_temp) == (steps, temperature)
+    assert (generating_args.decoding_strategy, generating_args.greedy, generating_args.topp_temp) == \
+        (strategy, greedy, top_p)
+
+
+def test_keys_given_explicitly_win_over_the_gsm_rule():
+    gsm = {**BASE, "stage": "ddm-sft", "do_train": False, "do_predict": True, "dataset": "gsm_test",
+           "eval_dataset": "gsm_test", "shift": True}
+    generating_args = get_train_args({**gsm, "topp_temp": 0.9, "greedy": False})[4]
+    assert (generating_args.decoding_strategy, generating_args.greedy, generating_args.topp_temp) == ("topk", False, 0.9)
+    generating_args = get_train_args({**gsm, "decoding_strategy": "random"})[4]
+    assert (generating_args.decoding_strategy, generating_args.greedy, generating_args.topp_temp) == ("random", True, 0.9)
+    other = get_train_args({**gsm, "eval_dataset": "c4_demo,gsm_test"})[4]  # only the first name counts
+    assert (other.decoding_strategy, other.greedy, other.topp_temp) == ("random", False, 0.9)
+    topk = get_train_args({**gsm, "eval_dataset": "c4_demo", "decoding_strategy": "topk"})[4]
+    assert topk.topp_temp is None  # the top-k rule has no nucleus unless one is asked for
+
+
 def test_accelerate_fsdp_config_loads():
     from accelerate.commands.config.config_args import ClusterConfig
 

@@ -1,11 +1,11 @@
-"""The task registry: the paper's nine benchmarks (plus LAMBADA's OpenAI variant), in table order."""
+"""The task registry: the paper's nine benchmarks (plus LAMBADA's OpenAI variant and SQuAD), in table order."""
 
 from __future__ import annotations
 
 from llamafactory.errors import UserInputError
 
 from . import choice, gsm8k, humaneval, lambada, rocstories, triviaqa
-from .base import Settings, Task, TaskResult
+from .base import PROMPT_FORMATS, Settings, Task, TaskResult
 
 TASKS: dict[str, Task] = {
     task.name: task
@@ -25,4 +25,4 @@ def select_tasks(spec: str) -> list[Task]:
     return [TASKS[name] for name in dict.fromkeys(names)]
 
 
-__all__ = ["PAPER_TASKS", "TASKS", "Settings", "Task", "TaskResult", "select_tasks"]
+__all__ = ["PAPER_TASKS", "PROMPT_FORMATS", "TASKS", "Settings", "Task", "TaskResult", "select_tasks"]

@@ -10,10 +10,20 @@ from typing import Any
 from ..data import DataSource
 from ..engine import Decoding, Engine
 
+# The sampler of the original evaluation (its trainer's ``generate_samples``): top-k confidence unmasking,
+# temperature only (no nucleus), sampled tokens (docs/design.md#evaluation-protocols).
+ORIGINAL_SAMPLER = {"strategy": "topk", "top_p": None, "greedy": False}
+PROMPT_FORMATS = ("original", "harness")
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Run-wide evaluation settings (the CLI flags); ``decoding`` fields left None use task defaults."""
+    """Run-wide evaluation settings (the CLI flags); ``decoding`` fields left None use task defaults.
+
+    ``scorer``: the likelihood estimator of multiple choice (``original`` or ``exact``); ``prompt_format``:
+    how multiple-choice prompts are written and tokenized (``original`` or ``harness``);
+    ``gsm8k_temperature``: the temperature of the model family's original GSM8K config.
+    """
 
     seed: int = 0
     diffusion_steps: int = 32
@@ -21,15 +31,19 @@ class Settings:
     top_p: float | None = None
     strategy: str | None = None
     greedy: bool | None = None
-    triviaqa_extra_tokens: int = 10
+    scorer: str = "original"
+    prompt_format: str = "original"
+    triviaqa_extra_tokens: int = 0
     gsm8k_steps: int = 64
     gsm8k_max_length: int = 256
+    gsm8k_temperature: float = 1.0
     code_timeout: float = 10.0
     code_workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
 
     def decoding(self, base: Decoding, **task_defaults: Any) -> Decoding:
-        """``base`` (the model family's), then the task's defaults, then any flag the user set."""
-        chosen = replace(base, **task_defaults)
+        """The original sampler at ``base``'s temperature (the model family's), then the task's defaults,
+        then any flag the user set."""
+        chosen = replace(base, **{**ORIGINAL_SAMPLER, **task_defaults})
         flags = {"temperature": self.temperature, "top_p": self.top_p, "strategy": self.strategy,
                  "greedy": self.greedy}
         return replace(chosen, **{k: v for k, v in flags.items() if v is not None})

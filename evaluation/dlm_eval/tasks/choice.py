@@ -1,8 +1,10 @@
 """Multiple choice: HellaSwag, WinoGrande, Social IQa and PIQA, answered by the lowest score.
 
-Every example is a list of (context, continuation) pairs, one per choice. All pairs of all examples go
-to the engine in one call, so the diffusion scorer batches across examples, choices and noise levels.
-Prompt formats follow the harness conventions (the continuation carries the word-boundary space).
+Every example holds one prompt per choice in two formats: ``original`` (the prompt strings and the
+piece-by-piece tokenization of the original evaluation scripts, docs/design.md#evaluation-protocols) and
+``harness`` (lm-evaluation-harness conventions: the continuation carries the word-boundary space and the
+pair is tokenized as one string; WinoGrande scores only the rest of the sentence). All pairs of all
+examples go to the engine in one call, so the diffusion scorer batches across examples, choices and levels.
 """
 
 from __future__ import annotations
@@ -16,30 +18,50 @@ from llamafactory.errors import UserInputError
 
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine
-from ..text import encode_pair
+from ..text import Piece, encode_pair, encode_pieces
 from .base import Settings, Task, TaskResult, mean
 
 
 @dataclass(frozen=True)
 class ChoiceExample:
+    """One question: per choice, its prompt in both formats (``original`` pieces, ``harness`` pair)."""
+
     id: str
-    pairs: tuple[tuple[str, str], ...]  # (context, continuation) per choice
+    original: tuple[tuple[Piece, ...], ...]
+    harness: tuple[tuple[str, str], ...]  # (context, continuation), encoded as one string
     gold: int
+
+    def encoded(self, tokenizer: Any, prompt_format: str) -> list[tuple[list[int], list[int]]]:
+        """``(context_ids, continuation_ids)`` per choice.
+
+        Under the original format a choice whose context is empty (a WinoGrande blank that opens the
+        sentence) gives its first token to the context: with shift the first token is never scored.
+        """
+        if prompt_format == "harness":
+            return [encode_pair(tokenizer, context, continuation) for context, continuation in self.harness]
+        pairs = []
+        for pieces in self.original:
+            context, continuation = encode_pieces(tokenizer, pieces)
+            pairs.append((context, continuation) if context else (continuation[:1], continuation[1:]))
+        return pairs
 
 
 def evaluate_choices(task: str, engine: Engine, examples: list[ChoiceExample], settings: Settings) -> TaskResult:
     """Accuracy of picking the lowest-scoring choice; per-example scores are kept."""
-    pairs = [encode_pair(engine.tokenizer, context, continuation)
-             for example in examples for context, continuation in example.pairs]
-    scores = engine.score(pairs, steps=settings.diffusion_steps, seed=settings.seed, desc=task)
+    pairs = [pair for example in examples for pair in example.encoded(engine.tokenizer, settings.prompt_format)]
+    scores = engine.score(pairs, steps=settings.diffusion_steps, seed=settings.seed, estimator=settings.scorer,
+                          desc=task)
     records, offset = [], 0
     for example in examples:
-        own = scores[offset : offset + len(example.pairs)]
-        offset += len(example.pairs)
+        count = len(example.original)
+        own = scores[offset : offset + count]
+        offset += count
         prediction = min(range(len(own)), key=own.__getitem__)
         records.append({"id": example.id, "scores": own, "prediction": prediction, "gold": example.gold,
                         "correct": prediction == example.gold})
-    used = {"diffusion_steps": settings.diffusion_steps, "seed": settings.seed} if engine.kind == "diffusion" else {}
+    used: dict[str, Any] = {"prompt_format": settings.prompt_format}
+    if engine.kind == "diffusion":
+        used.update(diffusion_steps=settings.diffusion_steps, seed=settings.seed, scorer=settings.scorer)
     return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records, used)
 
 
@@ -66,68 +88,96 @@ def _aligned_labels(task: str, records: list[Any], labels_path: Path) -> list[st
 
 
 def clean_hellaswag(text: str) -> str:
-    """The harness's HellaSwag text cleaning (WikiHow bracket artifacts out, spacing fixed)."""
+    """The HellaSwag text cleaning of the original script and the harness (WikiHow bracket artifacts out)."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
 
 
-def _hellaswag(number: int, context: str, endings: list[str], gold: int) -> ChoiceExample:
-    return ChoiceExample(f"hellaswag/{number}", tuple((context, " " + ending) for ending in endings), gold)
+def hellaswag_context(row: dict[str, Any]) -> str:
+    """``activity_label: ctx_a Ctx_b``, cleaned: the original capitalises ``ctx_b`` (``str.capitalize``)."""
+    return clean_hellaswag(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
+
+
+def hellaswag_example(number: int, context: str, endings: list[str], gold: int) -> ChoiceExample:
+    """Original: ``encode(context) + encode(ending)``, both with the tokenizer's special tokens and no space
+    between them; harness: ``context`` + ``" " + ending``."""
+    original = tuple((Piece(context, special_tokens=True), Piece(ending, special_tokens=True, scored=True))
+                     for ending in endings)
+    return ChoiceExample(f"hellaswag/{number}", original, tuple((context, " " + ending) for ending in endings), gold)
 
 
 def load_hellaswag(source: DataSource) -> list[ChoiceExample]:
-    """``hellaswag_val_full.txt`` (6 lines per task: context, label, 4 endings) or ``Rowan/hellaswag``.
+    """The official ``hellaswag_val.jsonl``, the cleaned ``hellaswag_val_full.txt`` or ``Rowan/hellaswag``.
 
-    Hub rows are cleaned into the text file's layout (``activity_label: ctx_a ctx_b``), so both sources
-    give the same prompts.
+    The jsonl and the Hub rows give the original prompts exactly. The text file (6 lines per task:
+    context, label, 4 endings) has lost the ``ctx_a`` / ``ctx_b`` split, so its contexts keep ``ctx_b``
+    as it was, uncapitalised.
     """
     hub = HubDataset("Rowan/hellaswag", "validation")
-    path = source.resolve("hellaswag", "hellaswag", "hellaswag_val_full.txt", hub=hub)
-    if path is None:
-        rows = source.hub_rows("hellaswag", hub)
-        return [
-            _hellaswag(n, clean_hellaswag(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b']}".rstrip()),
-                       [clean_hellaswag(e) for e in row["endings"]], _label("hellaswag", "Hub", n, row["label"], 4, 0))
-            for n, row in enumerate(rows)
-        ]
+    path = source.resolve("hellaswag", "hellaswag", "hellaswag_val.jsonl", "hellaswag_val_full.txt", hub=hub)
+    if path is None or path.suffix == ".jsonl":
+        rows = source.hub_rows("hellaswag", hub) if path is None else read_jsonl(path)
+        where = path or "Hub"
+        examples = []
+        for n, row in enumerate(rows):
+            require_fields("hellaswag", where, n + 1, row, ("activity_label", "ctx_a", "ctx_b", "endings", "label"))
+            examples.append(hellaswag_example(n, hellaswag_context(row), [clean_hellaswag(e) for e in row["endings"]],
+                                              _label("hellaswag", where, n + 1, row["label"], 4, 0)))
+        return examples
     lines = path.read_text(encoding="utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) % 6:
         raise UserInputError(f"task hellaswag: {path} has {len(lines)} lines; expected 6 per task")
     return [
-        _hellaswag(n, lines[i], lines[i + 2 : i + 6], _label("hellaswag", path, n, lines[i + 1], 4, 0))
+        hellaswag_example(n, lines[i], lines[i + 2 : i + 6], _label("hellaswag", path, n, lines[i + 1], 4, 0))
         for n, i in enumerate(range(0, len(lines), 6))
     ]
 
 
-def _winogrande(number: int, contexts: list[str], continuation: str, gold: int) -> ChoiceExample:
-    """Partial scoring: each option completes the context; the shared rest of the sentence is scored."""
-    return ChoiceExample(f"winogrande/{number}", tuple((c, " " + continuation.strip()) for c in contexts), gold)
+def winogrande_example(number: int, prefix: str, options: list[str], suffix: str, gold: int) -> ChoiceExample:
+    """The sentence is ``prefix + option + " " + suffix``. Original: the prefix is given and the option plus
+    the suffix are scored, each tokenized on its own without special tokens; harness (partial scoring):
+    ``prefix + option`` is given and only ``" " + suffix`` is scored."""
+    original = tuple((Piece(prefix), Piece(option, scored=True), Piece(suffix, scored=True)) for option in options)
+    harness = tuple((prefix + option, " " + suffix) for option in options)
+    return ChoiceExample(f"winogrande/{number}", original, harness, gold)
+
+
+def split_options(first: str, second: str) -> tuple[str, str, str]:
+    """``(prefix, option1, option2)`` from two sentence beginnings that differ only in the filled option.
+
+    The prefix is their common beginning, cut back to a word boundary (``Sam``/``Sarah`` share ``Sa``).
+    It is the original prefix unless both options start with the same word(s), which then count as prefix.
+    """
+    common = 0
+    while common < min(len(first), len(second)) and first[common] == second[common]:
+        common += 1
+    while common > 0 and not first[common - 1].isspace():
+        common -= 1
+    return first[:common], first[common:], second[common:]
 
 
 def load_winogrande(source: DataSource) -> list[ChoiceExample]:
     """MosaicML ``winogrande.jsonl`` (context_options, continuation, gold) or ``allenai/winogrande`` xl."""
     hub = HubDataset("allenai/winogrande", "validation", "winogrande_xl")
     path = source.resolve("winogrande", "winogrande", "winogrande.jsonl", hub=hub)
-    if path is None:
-        rows = source.hub_rows("winogrande", hub)
-        examples = []
-        for n, row in enumerate(rows):
-            blank = row["sentence"].index("_")
-            head = row["sentence"][:blank]
-            gold = _label("winogrande", "Hub", n, row["answer"], 2, 1)
-            examples.append(_winogrande(n, [head + row["option1"], head + row["option2"]],
-                                        row["sentence"][blank + 1 :], gold))
-        return examples
     examples = []
+    if path is None:
+        for n, row in enumerate(source.hub_rows("winogrande", hub)):
+            blank = row["sentence"].index("_")
+            examples.append(winogrande_example(n, row["sentence"][:blank], [row["option1"], row["option2"]],
+                                               row["sentence"][blank + 1 :].strip(),
+                                               _label("winogrande", "Hub", n, row["answer"], 2, 1)))
+        return examples
     for n, row in enumerate(read_jsonl(path)):
         require_fields("winogrande", path, n + 1, row, ("context_options", "continuation", "gold"))
         if len(row["context_options"]) != 2:
             raise UserInputError(f"task winogrande: record {n + 1} of {path} needs 2 context_options")
-        examples.append(_winogrande(n, row["context_options"], row["continuation"],
-                                    _label("winogrande", path, n + 1, row["gold"], 2, 0)))
+        prefix, first, second = split_options(*row["context_options"])
+        examples.append(winogrande_example(n, prefix, [first, second], row["continuation"].strip(),
+                                           _label("winogrande", path, n + 1, row["gold"], 2, 0)))
     return examples
 
 
@@ -147,8 +197,13 @@ def _load_labelled(source: DataSource, task: str, folder: str, files: tuple[str,
 
 
 def _piqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
-    context = f"Question: {row['goal']}\nAnswer:"
-    return ChoiceExample(f"piqa/{number}", ((context, " " + row["sol1"]), (context, " " + row["sol2"])), gold)
+    """Original: ``encode("Question: <goal>\\nAnswer: ") + encode(" " + solution)``, both with special tokens."""
+    question = f"Question: {row['goal']}\nAnswer: "
+    solutions = (row["sol1"], row["sol2"])
+    original = tuple((Piece(question, special_tokens=True), Piece(" " + sol, special_tokens=True, scored=True))
+                     for sol in solutions)
+    harness = tuple((question.rstrip(" "), " " + sol) for sol in solutions)
+    return ChoiceExample(f"piqa/{number}", original, harness, gold)
 
 
 def load_piqa(source: DataSource) -> list[ChoiceExample]:
@@ -158,9 +213,12 @@ def load_piqa(source: DataSource) -> list[ChoiceExample]:
 
 
 def _siqa(number: int, row: dict[str, Any], gold: int) -> ChoiceExample:
-    context = f"Question: {row['context']} {row['question']}\nAnswer:"
+    """Original: ``encode("Question: <context> <question>\\nAnswer: ") + encode(answer)``, no special tokens."""
+    question = f"Question: {row['context']} {row['question']}\nAnswer: "
     answers = (row["answerA"], row["answerB"], row["answerC"])
-    return ChoiceExample(f"siqa/{number}", tuple((context, " " + answer) for answer in answers), gold)
+    original = tuple((Piece(question), Piece(answer, scored=True)) for answer in answers)
+    harness = tuple((question.rstrip(" "), " " + answer) for answer in answers)
+    return ChoiceExample(f"siqa/{number}", original, harness, gold)
 
 
 def load_siqa(source: DataSource) -> list[ChoiceExample]:

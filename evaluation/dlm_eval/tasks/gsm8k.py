@@ -1,8 +1,10 @@
 """GSM8K for a fine-tuned (ddm-sft) model: generate the worked answer, compare the number after ``####``.
 
 The diffusion model sees ``[BOS] question [SEP]`` (the ddm-sft stage's framing, ``template: empty``)
-followed by masks up to ``--gsm8k_max_length`` (the fine-tuning ``cutoff_len``) and decodes greedily by
-top-k confidence with T = ``--gsm8k_steps`` (64 in the paper). The answer ends at the first EOS or pad.
+followed by masks up to ``--gsm8k_max_length`` (the fine-tuning ``cutoff_len``) and decodes as the
+original GSM8K prediction did: argmax tokens, top-k confidence unmasking, no top-p, the family's original
+temperature (DiffuGPT 0.98, DiffuLLaMA 1.0) and T = ``--gsm8k_steps`` (64). The answer ends at the first
+EOS or pad.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def evaluate_gsm8k(engine: Engine, examples: list[MathExample], settings: Settin
         prefix = engine.supervised_prompt(question)
         requests.append(FillRequest(prefix, settings.gsm8k_max_length - len(prefix), (), steps=settings.gsm8k_steps,
                                     seed=example_seed(settings.seed, "gsm8k", index)))
-    decoding = settings.decoding(engine.decoding, greedy=True, strategy="topk")
+    decoding = settings.decoding(engine.decoding, greedy=True, temperature=settings.gsm8k_temperature)
     holes = engine.fill(requests, decoding, desc="gsm8k")
     records = []
     for example, hole in zip(examples, holes):

@@ -1,8 +1,9 @@
 """HumanEval single-line infilling: fill the removed line, run the problem's tests, report pass@1.
 
-The hole is as long as the canonical line (the paper's protocol; T = ``--diffusion_steps``). Every
-program runs in the sandbox (:mod:`dlm_eval.sandbox`), never in this process; the settings record which
-isolation layers it had.
+The hole is as long as the canonical line (the paper's protocol; T = ``--diffusion_steps``); prompt,
+canonical line and suffix are each tokenized on their own without special tokens, as in the original
+script. Every program runs in the sandbox (:mod:`dlm_eval.sandbox`), never in this process; the settings
+record which isolation layers it had.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from ..data import DataSource, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
 from ..sandbox import Limits, capabilities, run_programs
-from ..text import encode, encode_prefix, example_seed
+from ..text import encode, example_seed
 from .base import Settings, Task, TaskResult, mean
 
 _FIELDS = ("task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test")
@@ -48,7 +49,7 @@ def program(example: CodeInfillExample, completion: str) -> str:
 def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settings: Settings) -> TaskResult:
     tokenizer = engine.tokenizer
     requests = [
-        FillRequest(encode_prefix(tokenizer, e.prompt), len(encode(tokenizer, e.canonical)),
+        FillRequest(encode(tokenizer, e.prompt), len(encode(tokenizer, e.canonical)),
                     encode(tokenizer, e.suffix), steps=settings.diffusion_steps,
                     seed=example_seed(settings.seed, "humaneval", index))
         for index, e in enumerate(examples)

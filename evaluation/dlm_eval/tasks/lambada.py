@@ -1,7 +1,9 @@
 """LAMBADA: generate the passage's last word and count exact matches, once per passage.
 
-The paper's protocol: the word's tokens are masked after the passage and generated with T equal to
-their number (logits temperature 1). ``lambada`` reads the paper's lower-cased, tokenized test file;
+The original protocol: the passage is tokenized whole (with the tokenizer's special tokens); its first
+``len(tokens(passage without the last word))`` tokens are given and the rest, the last word's tokens, are
+generated with T equal to their number by the original sampler at temperature 1
+(docs/design.md#evaluation-protocols). ``lambada`` reads the paper's lower-cased, tokenized test file;
 ``lambada_openai`` the detokenized, cased version most harness users report.
 """
 
@@ -13,7 +15,7 @@ from llamafactory.errors import UserInputError
 
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine, FillRequest
-from ..text import encode_pair, example_seed
+from ..text import example_seed, split_whole
 from .base import Settings, Task, TaskResult, mean
 
 
@@ -56,7 +58,8 @@ def load_lambada_openai(source: DataSource) -> list[LastWordExample]:
 def evaluate_last_word(task: str, engine: Engine, examples: list[LastWordExample], settings: Settings) -> TaskResult:
     requests = []
     for index, example in enumerate(examples):
-        context, target = encode_pair(engine.tokenizer, example.context, " " + example.target)
+        context, target = split_whole(engine.tokenizer, example.context, f"{example.context} {example.target}",
+                                      special_tokens=True)
         requests.append(FillRequest(context, len(target), (), steps=len(target),
                                     seed=example_seed(settings.seed, task, index)))
     decoding = settings.decoding(engine.decoding, temperature=1.0)

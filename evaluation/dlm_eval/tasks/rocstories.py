@@ -2,7 +2,9 @@
 
 The paper infills the first 1,000 stories of the Story Cloze validation set, with the hole as long as
 the reference sentence, and reports ROUGE-1/2/L F-measure (``rouge_score``, no stemming, averaged over
-stories, in percent in the table).
+stories, in percent in the table). As in the original script, the prefix (sentences 1-2), the reference
+and the suffix (sentence 4 and the ending) are each tokenized on their own, without special tokens or
+joining spaces, and decoded by the original sampler with T = ``--diffusion_steps``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from llamafactory.errors import UserInputError
 
 from ..data import DataSource, read_csv, require_fields
 from ..engine import Engine, FillRequest
-from ..text import encode, encode_prefix, example_seed
+from ..text import encode, example_seed
 from .base import Settings, Task, TaskResult, mean
 
 _COLUMNS = ("InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
@@ -63,9 +65,8 @@ def evaluate_rocstories(engine: Engine, examples: list[InfillExample], settings:
     tokenizer = engine.tokenizer
     requests = []
     for index, example in enumerate(examples):
-        middle = encode(tokenizer, " " + example.middle)
-        requests.append(FillRequest(encode_prefix(tokenizer, example.prefix), len(middle),
-                                    encode(tokenizer, " " + example.suffix), steps=settings.diffusion_steps,
+        requests.append(FillRequest(encode(tokenizer, example.prefix), len(encode(tokenizer, example.middle)),
+                                    encode(tokenizer, example.suffix), steps=settings.diffusion_steps,
                                     seed=example_seed(settings.seed, "rocstories", index)))
     decoding = settings.decoding(engine.decoding)
     holes = engine.fill(requests, decoding, desc="rocstories")

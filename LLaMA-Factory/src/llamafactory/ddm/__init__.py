@@ -8,6 +8,8 @@ from .checkpoints import (
     apply_adapters,
     detect_layout,
     generation_length,
+    is_adapter_dir,
+    load_adapter,
     load_causal_lm,
     load_diffusion_lm,
     load_tokenizer,
@@ -38,21 +40,22 @@ from .noise import (
     training_loss,
 )
 from .sampling import STRATEGIES, SamplingConfig, SamplingOutput, random_keep, sample, topk_confidence
-from .scoring import level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
+from .scoring import ESTIMATORS, level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
 from .tokens import (
     DEFAULT_MASK_TOKEN,
     KNOWN_MODELS,
     SpecialTokens,
+    add_known_tokens,
     add_mask_token,
     resolve_special_tokens,
     start_token_id,
 )
 
 __all__ = [
-    "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
+    "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
     "apply_adapters", "corrupt", "DEFAULT_MASK_TOKEN", "detect_layout", "diffusion_loss", "DiffusionLM",
-    "DiffusionLoss", "first_predicted_token", "generation_length", "is_bidirectional", "KNOWN_MODELS",
-    "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
+    "DiffusionLoss", "ESTIMATORS", "first_predicted_token", "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
+    "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
     "noise_seed", "position_limit", "predicting_output", "random_keep", "record_generation_length",
     "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",

@@ -1,10 +1,15 @@
 """Likelihood estimates from a diffusion LM (docs/design.md#likelihood-scoring), batched across examples and noise levels.
 
-For a (context, continuation) pair and ``T`` levels ``t = T .. 1``, ``ceil(n * t / T)`` of the ``n``
-continuation tokens are masked (so every level masks at least one), the unweighted mean masked
-cross-entropy is taken, and the levels are averaged. Lower is better; multiple choice picks the argmin.
-Which tokens are masked depends only on the seed and the continuation length, and every row is scored
-with padding hidden from attention, so results do not depend on the batch size or batch composition.
+For a (context, continuation) pair and ``T`` levels ``t = T .. 1``, some of the ``n`` continuation tokens
+are masked at each level, the unweighted mean masked cross-entropy is taken (0 for a level that masks
+nothing), and the levels are averaged. Two estimators pick the masks:
+
+* ``original`` (the original evaluation's): each token is masked independently with probability ``t/T``;
+* ``exact``: exactly ``ceil(n * t / T)`` tokens, drawn uniformly (never an empty level; lower variance).
+
+Lower is better; multiple choice picks the argmin. The masks depend only on the seed, the estimator and the
+continuation length, and every row is scored with padding hidden from attention, so results do not
+depend on the batch size or batch composition.
 """
 
 from __future__ import annotations
@@ -28,13 +33,26 @@ class _Row:
     masked: list[int]  # positions replaced by the mask token
 
 
-def level_masks(n: int, steps: int, seed: int) -> list[list[int]]:
-    """For levels ``t = T .. 1``: the ``ceil(n * t / T)`` positions (of ``0 .. n-1``) to mask."""
+ESTIMATORS = ("original", "exact")
+
+
+def level_masks(n: int, steps: int, seed: int, estimator: str) -> list[list[int]]:
+    """For levels ``t = T .. 1``: the positions (of ``0 .. n-1``) to mask, drawn from a generator seeded by ``seed``.
+
+    ``original``: position ``i`` is masked when the ``i``-th of ``n`` uniforms drawn for the level is below
+    ``t/T`` (all at ``t = T``; possibly none at low ``t``). ``exact``: the first ``ceil(n * t / T)`` of a
+    random permutation drawn for the level.
+    """
+    if estimator not in ESTIMATORS:
+        raise UserInputError(f"unknown scorer {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
     generator = torch.Generator().manual_seed(seed)
     masks = []
     for t in range(steps, 0, -1):
-        order = torch.randperm(n, generator=generator).tolist()
-        masks.append(sorted(order[: max(1, math.ceil(n * t / steps))]))
+        if estimator == "original":
+            masks.append((torch.rand(n, generator=generator) < t / steps).nonzero().flatten().tolist())
+        else:
+            order = torch.randperm(n, generator=generator).tolist()
+            masks.append(sorted(order[: max(1, math.ceil(n * t / steps))]))
     return masks
 
 
@@ -90,23 +108,35 @@ def score_continuations(
     *,
     steps: int = 32,
     seed: int = 0,
+    estimator: str = "original",
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """The likelihood score (average over levels of mean masked CE) of each continuation given its context."""
+    """The likelihood score (average over levels of mean masked CE) of each continuation given its context.
+
+    A level that masks nothing (``original`` estimator only) adds 0 and needs no forward pass.
+    """
     if steps < 1:
         raise UserInputError(f"diffusion_steps must be >= 1, got {steps}")
     if len(contexts) != len(continuations):
         raise UserInputError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-    rows = []
+    rows, empty_levels, masks_of_length = [], 0, {}
     for owner, (context, continuation) in enumerate(zip(contexts, continuations)):
         if not continuation:
             raise UserInputError(f"continuation {owner} is empty; nothing to score")
         if len(context) < first_predicted_token(model.shift):
             raise UserInputError(f"context {owner} is empty; with shift the first token must be given (e.g. BOS)")
         ids = list(context) + list(continuation)
-        for positions in level_masks(len(continuation), steps, seed):
-            rows.append(_Row(owner, ids, [len(context) + p for p in positions]))
+        n = len(continuation)
+        if n not in masks_of_length:
+            masks_of_length[n] = level_masks(n, steps, seed, estimator)
+        for positions in masks_of_length[n]:
+            if positions:
+                rows.append(_Row(owner, ids, [len(context) + p for p in positions]))
+            else:
+                empty_levels += 1
+    if progress is not None and empty_levels:
+        progress(empty_levels)
     row_scores = _score_rows(model, rows, batch_size=batch_size, pad_id=_pad_id(model), progress=progress)
     totals = [0.0] * len(contexts)
     for row, value in zip(rows, row_scores):
@@ -126,8 +156,8 @@ def sequence_nll(
 ) -> list[tuple[float, int]]:
     """Deterministic ELBO estimate of each sequence's negative log-likelihood (nats) and its token count.
 
-    With ``T`` levels, ``NLL ~= (1/T) * sum_t (T/t) * sum_{masked at level t} CE``; tokens before
-    ``prompt_lengths[i]`` (and token 0 under shift) are given, not scored.
+    With ``T`` levels, ``NLL ~= (1/T) * sum_t (T/t) * sum_{masked at level t} CE`` over the ``exact``
+    estimator's masks; tokens before ``prompt_lengths[i]`` (and token 0 under shift) are given, not scored.
     """
     if steps < 1:
         raise UserInputError(f"diffusion_steps must be >= 1, got {steps}")
@@ -138,7 +168,7 @@ def sequence_nll(
         counts.append(n)
         if n == 0:
             continue
-        for level, positions in zip(range(steps, 0, -1), level_masks(n, steps, seed)):
+        for level, positions in zip(range(steps, 0, -1), level_masks(n, steps, seed, "exact")):
             rows.append(_Row(owner, list(sequence), [given + p for p in positions]))
             weights.append(len(positions) / level)  # mean CE -> summed CE, times T/level, over T levels
     row_scores = _score_rows(model, rows, batch_size=batch_size, pad_id=_pad_id(model), progress=progress)

@@ -29,21 +29,47 @@ class SpecialTokens:
 
 
 @dataclass(frozen=True)
-class _KnownModel:
+class KnownModel:
+    """A released model's special tokens, and how to recognise the model or the AR model it was adapted from.
+
+    ``vocab_size`` is the released checkpoint's embedding rows. When the tokens differ between models of one
+    architecture by more than that (DiffuGPT-M vs DiffuGPT-S), ``base_shape`` = (hidden size, layers) and
+    ``base_vocab_size`` recognise the AR base, and ``added_tokens`` are what the original loader set on the
+    base tokenizer (role -> token string; a string new to the vocabulary is added at its end).
+    """
+
     name: str
     model_type: str
     vocab_size: int
     mask_id: int
     pad_id: int | None
     sep_id: int | None
+    base_shape: tuple[int, int] | None = None
+    base_vocab_size: int | None = None
+    added_tokens: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, model_type: str, vocab_size: int, shape: tuple[int, int] | None) -> bool:
+        if model_type != self.model_type or (shape is not None and self.base_shape not in (None, shape)):
+            return False
+        return vocab_size == self.vocab_size or (shape is not None and shape == self.base_shape
+                                                 and vocab_size == self.base_vocab_size)
 
 
-# The released checkpoints, recognised by architecture and embedding rows.
-KNOWN_MODELS: tuple[_KnownModel, ...] = (
-    _KnownModel("diffugpt-s", "gpt2", 50257, mask_id=10541, pad_id=None, sep_id=50155),
-    _KnownModel("diffugpt-m", "gpt2", 50258, mask_id=50257, pad_id=None, sep_id=None),
-    _KnownModel("diffullama", "llama", 32000, mask_id=811, pad_id=30399, sep_id=4936),
+# docs/design.md#special-tokens. DiffuGPT-M first: the GPT-2 medium shape (or its 50258 rows) tells it from
+# DiffuGPT-S, whose tokens the original gave every other GPT-2.
+KNOWN_MODELS: tuple[KnownModel, ...] = (
+    KnownModel("diffugpt-m", "gpt2", 50258, mask_id=50257, pad_id=101, sep_id=50155, base_shape=(1024, 24),
+               base_vocab_size=50257,
+               added_tokens=(("pad_token", "¨"), ("sep_token", "======"), ("mask_token", DEFAULT_MASK_TOKEN))),
+    KnownModel("diffugpt-s", "gpt2", 50257, mask_id=10541, pad_id=None, sep_id=50155),
+    KnownModel("diffullama", "llama", 32000, mask_id=811, pad_id=30399, sep_id=4936),
 )
+
+
+def model_shape(config: Any) -> tuple[int, int] | None:
+    """``(hidden size, layers)`` of a transformers config (GPT-2's ``n_embd`` / ``n_layer`` map to these)."""
+    hidden, layers = getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None)
+    return (int(hidden), int(layers)) if hidden is not None and layers is not None else None
 
 
 def _token_id(tokenizer: Any, attribute: str) -> int | None:
@@ -63,20 +89,36 @@ def _lookup_id(tokenizer: Any, token: str) -> int | None:
     return None if token_id is None or (unk is not None and token_id == unk) else int(token_id)
 
 
-def known_model(model_type: str, vocab_size: int) -> _KnownModel | None:
-    """The released model with this architecture and embedding size, if any."""
-    for entry in KNOWN_MODELS:
-        if entry.model_type == model_type and entry.vocab_size == vocab_size:
-            return entry
-    return None
+def known_model(model_type: str, vocab_size: int, config: Any = None) -> KnownModel | None:
+    """The released model with this architecture and embedding size (or adapted from this base), if any.
+
+    Without ``config`` the shape is unknown: only the released checkpoints' embedding sizes are recognised.
+    """
+    shape = model_shape(config) if config is not None else None
+    return next((entry for entry in KNOWN_MODELS if entry.matches(model_type, vocab_size, shape)), None)
 
 
-def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int) -> SpecialTokens:
+def add_known_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, config: Any = None) -> bool:
+    """Set the special tokens the original loader gave the base tokenizer of a released model (DiffuGPT-M from
+    GPT-2 medium: pad ``¨``, sep ``======``, mask ``[¨M¨]`` added as a new id). Roles the tokenizer already
+    fills are kept. Returns True when the vocabulary grew: the caller then resizes the embeddings."""
+    entry = known_model(model_type, vocab_size, config)
+    if entry is None or not entry.added_tokens or getattr(tokenizer, "mask_token", None) is not None:
+        return False
+    size = len(tokenizer)
+    missing = {role: token for role, token in entry.added_tokens if getattr(tokenizer, role, None) is None}
+    tokenizer.add_special_tokens(missing)
+    logger.info("%s tokens for this %s model: %s", entry.name, model_type, missing)
+    return len(tokenizer) > size
+
+
+def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, config: Any = None) -> SpecialTokens:
     """Special token ids for a model: tokenizer files win, the published table (docs/design.md#special-tokens) fills the gaps.
 
+    ``config`` (the model's) lets the table recognise a model by the shape of its AR base (DiffuGPT-M).
     Raises UserInputError when no mask token is known, rather than guessing one.
     """
-    table = known_model(model_type, vocab_size)
+    table = known_model(model_type, vocab_size, config)
     mask_id = _token_id(tokenizer, "mask_token")
     if mask_id is None:
         mask_id = _lookup_id(tokenizer, DEFAULT_MASK_TOKEN)

@@ -1,4 +1,4 @@
-"""What to train (stage), which parameters (full / freeze / LoRA) and the diffusion settings (docs/design.md#packed-data)."""
+"""What to train (stage), which parameters (full / freeze / LoRA) and the diffusion settings (docs/design.md#shift)."""
 
 from __future__ import annotations
 
@@ -39,13 +39,21 @@ class FinetuningArguments:
         metadata={"help": "Comma-separated modules trained in full and saved with the adapter (e.g. embed_tokens)."},
     )
     plot_loss: bool = field(default=False, metadata={"help": "Write training_loss.png (and eval) after training."})
-    shift: bool = field(default=True, metadata={"help": "Output i predicts token i+1, as in the AR model."})
+    shift: bool = field(
+        default=False,
+        metadata={"help": "Output i predicts token i+1, as in the AR model. Default false as in the original; "
+                          "every released model and shipped diffusion config uses true."},
+    )
     anneal_steps: int | None = field(
         default=None,
         metadata={"help": "Optimiser steps over which attention opens up (default: 10000 ddm, 1 ddm-sft)."},
     )
     diffusion_steps: int = field(
         default=64, metadata={"help": "Noise levels for the evaluation ELBO and reverse steps for prediction."}
+    )
+    score_temp: float = field(
+        default=0.5,
+        metadata={"help": "Accepted for the original configs and unused: the original declared it but no code read it."},
     )
 
     @property

@@ -11,7 +11,7 @@ DECODING_STRATEGIES = ("random", "topk")
 class GeneratingArguments:
     """Sampling keys of a config; ``diffusion_steps`` (the number of reverse steps) is a finetuning key."""
 
-    logits_temp: float = field(default=0.95, metadata={"help": "Temperature applied to the logits."})
+    logits_temp: float = field(default=1.0, metadata={"help": "Temperature applied to the logits (1.0, as the original)."})
     topp_temp: float | None = field(default=0.9, metadata={"help": "Nucleus (top-p) mass; null to turn off."})
     decoding_strategy: str = field(
         default="random", metadata={"help": "Which masked positions to fix each step: random or topk."}

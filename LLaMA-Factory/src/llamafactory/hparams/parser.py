@@ -2,7 +2,7 @@
 
 Everything that can be decided from the config alone is decided here, before any model or data is
 touched: unknown keys (named, with a suggestion), keys transformers 5 removed (mapped), stage defaults
-(``anneal_steps``, ``packing``) and contradictions.
+(``anneal_steps``, ``packing``, the original's GSM8K decoding) and contradictions.
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ def get_train_args(args: dict[str, Any] | list[str] | None = None) -> TrainArgs:
         config["use_cpu"] = True  # no GPU here: mixed-precision and multi-process runs then use the CPU path
     model_args, data_args, training_args, finetuning_args, generating_args = _build(config, known)
     _apply_stage_defaults(data_args, training_args, finetuning_args)
+    _apply_decoding_defaults(set(config), data_args, finetuning_args, generating_args)
     validate_args(model_args, data_args, training_args, finetuning_args, generating_args)
     return model_args, data_args, training_args, finetuning_args, generating_args
 
@@ -217,6 +218,29 @@ def _apply_stage_defaults(data_args: DataArguments, training_args: TrainingArgum
     training_args.remove_unused_columns = False
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False
+
+
+def _apply_decoding_defaults(given: set[str], data_args: DataArguments, finetuning_args: FinetuningArguments,
+                             generating_args: GeneratingArguments) -> None:
+    """Keys the config leaves out resolve as the original predict path did (docs/design.md#sampling).
+
+    A first eval dataset whose name contains "gsm" switched the original to its top-k sampler with argmax
+    tokens; that sampler, like the ``topk`` rule here, had no nucleus filter, so ``topp_temp`` is off
+    whenever ``topk`` is not paired with an explicit ``topp_temp``.
+    """
+    if not finetuning_args.is_diffusion:
+        return
+    if "shift" not in given:
+        logger.warning("shift is not set: false, the original's default (the released models use shift: true)")
+    if "score_temp" in given:
+        logger.info("score_temp has no effect (the original declared it but never read it)")
+    names = data_args.eval_dataset_names
+    if names and "gsm" in names[0]:
+        for key, value in (("decoding_strategy", "topk"), ("greedy", True)):
+            if key not in given:
+                setattr(generating_args, key, value)
+    if generating_args.decoding_strategy == "topk" and "topp_temp" not in given:
+        generating_args.topp_temp = None
 
 
 def _require(condition: bool, message: str) -> None:

@@ -14,10 +14,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from ..ddm import apply_adapters
+from ..ddm import apply_adapters, load_adapter
 from ..errors import UserInputError
 from ..hparams import FinetuningArguments, ModelArguments
-from ..utils.hub import resolve_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def _lora(model: PreTrainedModel, model_args: ModelArguments, finetuning_args: F
     if adapters:
         model = apply_adapters(model, adapters[:-1]) if len(adapters) > 1 else model
         logger.info("continuing to train adapter %s", adapters[-1])
-        return PeftModel.from_pretrained(model, resolve_checkpoint_dir(adapters[-1]), is_trainable=True)
+        return load_adapter(model, adapters[-1], is_trainable=True)
     return _new_lora(model, finetuning_args)
 
 

@@ -7,7 +7,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ..ddm import detect_layout, load_causal_lm, load_weights_into, make_bidirectional
+from ..ddm import apply_adapters, detect_layout, is_adapter_dir, load_causal_lm, load_weights_into, make_bidirectional
 from ..hparams import FinetuningArguments, ModelArguments, TrainingArguments
 from ..utils.hub import resolve_checkpoint_dir
 
@@ -36,12 +36,17 @@ def load_base_model(model_args: ModelArguments, dtype: torch.dtype) -> PreTraine
 
 def load_model(model_args: ModelArguments, finetuning_args: FinetuningArguments,
                training_args: TrainingArguments) -> PreTrainedModel:
-    """Base model, then ``checkpoint_dir`` weights; bidirectional for the diffusion stages."""
+    """Base model, then ``checkpoint_dir`` (weights, or a LoRA adapter merged in); bidirectional for the
+    diffusion stages."""
     model = load_base_model(model_args, compute_dtype(training_args))
     if model_args.checkpoint_dir:
         directory = resolve_checkpoint_dir(model_args.checkpoint_dir)
-        logger.info("loading diffusion weights from %s", directory)
-        load_weights_into(model, directory)
+        if is_adapter_dir(directory):
+            logger.info("merging the adapter %s into the base model", directory)
+            model = apply_adapters(model, [directory])
+        else:
+            logger.info("loading diffusion weights from %s", directory)
+            load_weights_into(model, directory)
     if finetuning_args.is_diffusion:
         make_bidirectional(model)
     model.config.use_cache = False

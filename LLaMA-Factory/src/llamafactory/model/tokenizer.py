@@ -1,19 +1,22 @@
 """The tokenizer of a run and the token ids the stages need (docs/design.md#special-tokens).
 
 The diffusion checkpoint's own tokenizer (``checkpoint_dir``) wins over the base model's. Diffusion stages
-need a mask token: the tokenizer's, else the published table's; only when neither knows one is a mask
-token added (and the embeddings grown to match).
+need a mask token: the tokenizer's, else the published table's. A base the table knows by its shape gets
+the tokens the original loader gave it (GPT-2 medium: DiffuGPT-M's ``[¨M¨]`` at id 50257, pad ``¨``, sep
+``======``); when nothing knows a mask token, one is added. Added tokens grow the embeddings.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from ..data import FramingTokens
-from ..ddm import SpecialTokens, add_mask_token, load_tokenizer, resolve_special_tokens
+from ..ddm import SpecialTokens, add_known_tokens, add_mask_token, load_tokenizer, resolve_special_tokens
 from ..errors import UserInputError
 from ..hparams import ModelArguments
 
@@ -33,23 +36,37 @@ def embedding_rows(model: PreTrainedModel) -> int:
     return int(model.get_input_embeddings().weight.shape[0])
 
 
+@torch.no_grad()
 def grow_embeddings(model: PreTrainedModel, size: int) -> None:
-    """Resize the (tied) embeddings to ``size`` rows when the tokenizer has outgrown them."""
-    if size > embedding_rows(model):
-        logger.info("resizing the embeddings from %d to %d rows", embedding_rows(model), size)
-        model.resize_token_embeddings(size)
+    """Resize the (tied) embeddings to ``size`` rows when the tokenizer has outgrown them.
+
+    New rows start as the original's did: the mean of the old rows plus Gaussian noise of standard
+    deviation ``1 / sqrt(hidden size)``, in the input embedding and in an untied output head.
+    """
+    old = embedding_rows(model)
+    if size <= old:
+        return
+    logger.info("resizing the embeddings from %d to %d rows", old, size)
+    model.resize_token_embeddings(size, mean_resizing=False)
+    weights = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+               if m is not None}
+    for weight in weights.values():
+        noise = torch.randn_like(weight[old:]) / math.sqrt(weight.shape[1])
+        weight[old:] = weight[:old].mean(dim=0, keepdim=True) + noise
 
 
 def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialTokens:
-    """Mask / pad / sep / bos / eos ids; adds a mask token (and rows) only when none is known."""
+    """Mask / pad / sep / bos / eos ids; adds tokens (and rows) only where the tokenizer lacks them."""
     grow_embeddings(model, len(tokenizer))
+    if add_known_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config):
+        grow_embeddings(model, len(tokenizer))
     try:
-        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model))
+        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config)
     except UserInputError:
         if tokenizer.mask_token is not None or not add_mask_token(tokenizer):
             raise
     grow_embeddings(model, len(tokenizer))
-    return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model))
+    return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config)
 
 
 def _first(*candidates: int | None) -> int | None:

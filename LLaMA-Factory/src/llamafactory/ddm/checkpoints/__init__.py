@@ -1,6 +1,6 @@
 """Diffusion checkpoints: the released layouts, loading (with adapters), saving, and config metadata."""
 
-from .adapters import apply_adapters
+from .adapters import apply_adapters, is_adapter_dir, load_adapter
 from .layouts import (
     BODY_PREFIX,
     EMBED_PREFIX,
@@ -17,7 +17,8 @@ from .metadata import generation_length, position_limit, record_generation_lengt
 from .saving import save_diffusion_checkpoint
 
 __all__ = [
-    "BODY_PREFIX", "EMBED_PREFIX", "Layout", "apply_adapters", "checkpoint_keys", "detect_layout",
+    "BODY_PREFIX", "EMBED_PREFIX", "Layout", "apply_adapters", "checkpoint_keys", "detect_layout", "is_adapter_dir",
+    "load_adapter",
     "generation_length", "hf_to_wrapper_keys", "load_causal_lm", "load_diffusion_lm", "load_tokenizer",
     "load_weights_into", "position_limit", "read_state_dict", "record_generation_length",
     "save_diffusion_checkpoint", "weight_files", "wrapper_to_hf_keys",

@@ -151,7 +151,8 @@ def load_diffusion_lm(
     )
     if adapters:
         model = make_bidirectional(apply_adapters(model, adapters))
-    tokens = resolve_special_tokens(tokenizer, model.config.model_type, model.get_input_embeddings().weight.shape[0])
+    tokens = resolve_special_tokens(tokenizer, model.config.model_type, model.get_input_embeddings().weight.shape[0],
+                                    config=model.config)
     wrapper = DiffusionLM(model, tokens, shift=shift)
     if device is not None:
         wrapper.to(device)
