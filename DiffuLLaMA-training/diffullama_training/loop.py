@@ -26,18 +26,19 @@ from llamafactory.ddm import (
     nll_per_token,
     nll_totals,
     noise_seed,
+    record_mask_id,
     save_diffusion_checkpoint,
     sequence_nll,
 )
+from llamafactory.utils.files import publish_model, storage_errors
 
-from .checkpointing import save_checkpoint
+from .checkpointing import LOG_FILE, save_checkpoint
 from .deepspeed_support import full_parameters
 from .parallel import DataParallel, Layout, SequenceParallel
 from .throughput import ThroughputMeter
 
 logger = logging.getLogger("train")
 
-LOG_FILE = "train_log.jsonl"
 _SHOWN = ("loss", "val_loss", "lr", "tokens_per_s", "mfu")
 
 
@@ -153,14 +154,22 @@ class Trainer:
         self.model.train()
         return nll_per_token(accelerator.reduce(nll_totals(results, accelerator.device), reduction="sum"))
 
-    def save_final_model(self, tokenizer: Any) -> Path:
-        """Write ``<output-dir>/final`` in the released LLaMA layout, with the sampling length recorded."""
-        target = Path(self.args.output_dir) / "final"
+    def save_final_model(self, tokenizer: Any | None) -> Path:
+        """Write the model into ``<output-dir>`` (where the original wrote it) in the released LLaMA layout.
+
+        The config records the sampling length and the mask id (so the model also loads without tokenizer
+        files). It is staged whole first and then moved in file by file, ``config.json`` last.
+        """
+        output_dir = Path(self.args.output_dir)
+        staging = output_dir / ".final-model.partial"
         unwrapped = self.accelerator.unwrap_model(self.model)
         self.accelerator.wait_for_everyone()
-        with full_parameters(self.accelerator, unwrapped):
+        with storage_errors(f"the final model to {output_dir}", kept="the checkpoints are intact"), \
+                full_parameters(self.accelerator, unwrapped):
             if self.accelerator.is_main_process:
-                save_diffusion_checkpoint(unwrapped, target, tokenizer=tokenizer,
+                record_mask_id(unwrapped.config, self.tokens.mask_id)
+                save_diffusion_checkpoint(unwrapped, staging, tokenizer=tokenizer,
                                           generation_length=self.args.seq_length)
+                publish_model(staging, output_dir)
         self.accelerator.wait_for_everyone()
-        return target
+        return output_dir

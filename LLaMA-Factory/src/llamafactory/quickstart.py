@@ -24,7 +24,7 @@ from .command_line import (
     resolve_dtype,
     run_command,
 )
-from .ddm import SamplingConfig, generation_length, load_diffusion_lm, sample, start_token_id
+from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
 from .ddm.sampling import STRATEGIES
 from .errors import UserInputError
 
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
     )
     args.tokenizer = tokenizer
     length = args.gen_len or generation_length(model.config)
+    check_window(model.config, length, f"--gen_len {length}")
     start = start_token_id(tokenizer)
     prefix = [start] + tokenizer.encode(args.prompt, add_special_tokens=False)
     if len(prefix) >= length:
