@@ -62,6 +62,7 @@ def test_a_single_machine_uses_the_single_node_config(tmp_path):
 def test_multi_node_starts_every_host_with_its_rank_and_the_settings(hostfile):
     commands = _dry_run("multi_node.sh", "--seed", "7", HOSTFILE=str(hostfile), MODEL="/models/llama 2",
                         ENV_SETUP="source /env/bin/activate")
+    commands.sort(key=lambda command: command[-2])  # the hosts are started in parallel: print order varies
     assert [c[-2] for c in commands] == ["gh-001", "gh-002", "gh-003"]
     for rank, command in enumerate(commands):
         remote = command[-1]
