@@ -103,22 +103,30 @@ class Trainer:
         if start_step >= args.max_train_steps:
             logger.info("the checkpoint is at step %d, --max-train-steps is %d: nothing to train", start_step,
                         args.max_train_steps)
-        for step in range(start_step, args.max_train_steps):
-            grad_norm = self.optimizer_step(step, sums)
-            self.meter.add(tokens_per_step)
-            log.bar.update(1)
-            done = step + 1
-            if done % args.log_every == 0 or done == args.max_train_steps:
-                averaged = self.accelerator.reduce(sums, reduction="mean")
-                log.write({"step": done, "loss": float(averaged[0] / averaged[2]),
-                           "unweighted_loss": float(averaged[1] / averaged[2]), "grad_norm": grad_norm,
-                           "lr": learning_rate(step, args), "anneal_ratio": self.anneal(step), **self.meter.report()})
-                sums.zero_()
-            if self.val_blocks and (done % args.eval_every == 0 or done == args.max_train_steps):
-                log.write({"step": done, "val_loss": self.evaluate()})
-            if done % args.save_every == 0 or done == args.max_train_steps:
-                save_checkpoint(self.accelerator, output_dir, {**self.run_state, "step": done}, args.keep_checkpoints)
-        log.bar.close()
+        try:  # closed on errors too, so that an error line starts on a line of its own
+            for step in range(start_step, args.max_train_steps):
+                grad_norm = self.optimizer_step(step, sums)
+                self.meter.add(tokens_per_step)
+                log.bar.update(1)
+                self.after_step(step, grad_norm, sums, log)
+        finally:
+            log.bar.close()
+
+    def after_step(self, step: int, grad_norm: float, sums: torch.Tensor, log: RunLog) -> None:
+        """Log, validate and save as the step count asks."""
+        args, done = self.args, step + 1
+        last = done == args.max_train_steps
+        if done % args.log_every == 0 or last:
+            averaged = self.accelerator.reduce(sums, reduction="mean")
+            log.write({"step": done, "loss": float(averaged[0] / averaged[2]),
+                       "unweighted_loss": float(averaged[1] / averaged[2]), "grad_norm": grad_norm,
+                       "lr": learning_rate(step, args), "anneal_ratio": self.anneal(step), **self.meter.report()})
+            sums.zero_()
+        if self.val_blocks and (done % args.eval_every == 0 or last):
+            log.write({"step": done, "val_loss": self.evaluate()})
+        if done % args.save_every == 0 or last:
+            save_checkpoint(self.accelerator, Path(args.output_dir), {**self.run_state, "step": done},
+                            args.keep_checkpoints)
 
     def anneal(self, step: int) -> float:
         return anneal_ratio(step, self.args.anneal_steps) if self.args.anneal_steps else 1.0

@@ -221,8 +221,13 @@ def load_diffusion_lm(
     )
     if adapters:
         model = make_bidirectional(apply_adapters(model, adapters))
-    tokens = resolve_special_tokens(tokenizer, model.config.model_type, model.get_input_embeddings().weight.shape[0],
-                                    recorded_mask_id(model.config))
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserInputError(
+            f"the tokenizer has {len(tokenizer)} ids but the model {name_or_path} has {rows} embedding rows: "
+            "they do not belong together (use the tokenizer the model was trained with)"
+        )
+    tokens = resolve_special_tokens(tokenizer, model.config.model_type, rows, recorded_mask_id(model.config))
     wrapper = DiffusionLM(model, tokens, shift=shift)
     if device is not None:
         wrapper.to(device)
