@@ -31,7 +31,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import is_flash_attn_2_available
 
-from llamafactory.command_line import run_command
+from llamafactory.command_line import FLASH_ATTN_INSTALL, run_command
 from llamafactory.ddm import (
     SpecialTokens,
     check_window,
@@ -146,7 +146,8 @@ def validate_args(args: argparse.Namespace) -> None:
         flash = cuda and is_flash_attn_2_available() and args.anneal_steps == 0 and args.parallel_mode != "ring_attn"
         args.attn_implementation = "flash_attention_2" if flash else "sdpa"
     if args.attn_implementation == "flash_attention_2" and not (cuda and is_flash_attn_2_available()):
-        raise UserInputError("--attn-implementation flash_attention_2 needs CUDA and the flash-attn package")
+        raise UserInputError(f"--attn-implementation flash_attention_2 needs CUDA and the flash-attn package "
+                             f"({FLASH_ATTN_INSTALL})")
     if args.attn_implementation == "flash_attention_2" and args.anneal_steps > 0:
         raise UserInputError("--anneal-steps passes an attention mask, which flash_attention_2 cannot take: use sdpa")
     if args.wandb and importlib.util.find_spec("wandb") is None:

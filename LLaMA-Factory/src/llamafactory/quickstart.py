@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .command_line import (
     add_bool_flag,
     add_model_arguments,
+    attention_report,
     check_attention_implementation,
     resolve_device,
     resolve_dtype,
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> None:
                             greedy=args.greedy, strategy=args.strategy, shift=args.shift,
                             record_history=args.verbose)
     config.validate()
+    print(attention_report(args.flash_attn), file=sys.stderr)
     print("=" * 20, f"Generating {length} tokens with T={args.diffusion_steps} on {device}")
     print("=" * 20, "Unconditional generation")
     for tokens in _generate(model, [start], length, config, args):
