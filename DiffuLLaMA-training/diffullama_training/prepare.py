@@ -37,7 +37,7 @@ from llamafactory.command_line import run_command
 from llamafactory.ddm import load_tokenizer
 from llamafactory.errors import UserInputError
 from llamafactory.utils.encoding import check_not_empty, check_utf8
-from llamafactory.utils.files import storage_errors
+from llamafactory.utils.files import check_writable_folder, storage_errors
 
 from .packed_dataset import PackedWriter, packed_files, token_dtype
 
@@ -192,6 +192,7 @@ def prepare(args: argparse.Namespace) -> list[Path]:
         raise UserInputError(
             f"{output_dir} already holds {len(existing)} {args.prefix}*.bin files; pass --overwrite to replace them"
         )
+    check_writable_folder(output_dir, "--output-dir")
     for path in inputs:
         check_input(path)
     tokenizer = load_tokenizer(args.tokenizer)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llamafactory.errors import UserInputError
-from llamafactory.utils.files import atomic_write_text
+from llamafactory.utils.files import atomic_write_text, check_writable_folder
 
 from .data import DataSource
 from .engine import Engine
@@ -87,7 +87,8 @@ def _model_identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_results_dir(output_dir: Path, kind: str, config: dict[str, Any]) -> None:
-    """Refuse an ``--output_dir`` holding another model's results, before the model loads."""
+    """Refuse an ``--output_dir`` that cannot be written or holds another model's results, before the model loads."""
+    check_writable_folder(output_dir, "--output_dir")
     previous_results(output_dir, kind, config)
 
 
