@@ -22,13 +22,17 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..command_line import bool_word
 from ..errors import UserInputError
-from ..utils.files import apply_default_permissions, publish_model, replace_directory, storage_errors
+from ..utils.files import (
+    MODEL_WEIGHT_PATTERNS,
+    apply_default_permissions,
+    publish_model,
+    replace_directory,
+    storage_errors,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
 _NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -42,7 +46,7 @@ def incomplete_reason(folder: Path) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return f"{STATE_FILE} is not valid JSON"
     deepspeed_state = any(path.is_dir() for path in folder.glob("global_step*"))
-    if not deepspeed_state and not any((folder / name).is_file() for name in WEIGHT_FILES):
+    if not deepspeed_state and not any(any(folder.glob(pattern)) for pattern in MODEL_WEIGHT_PATTERNS):
         return "no model weights"
     empty = sorted(path.name for path in folder.iterdir() if path.is_file() and path.stat().st_size == 0)
     return f"empty file(s) {', '.join(empty)}" if empty else None

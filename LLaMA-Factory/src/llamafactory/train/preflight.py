@@ -23,10 +23,10 @@ from ..utils.hub import resolve_checkpoint_dir
 from .checkpoints import resume_checkpoint
 
 
-def check_output_dir(training_args: TrainingArguments) -> None:
+def check_output_dir(training_args: TrainingArguments, resuming: bool) -> None:
     """A non-empty ``output_dir`` is only written into when the config says so."""
     output = Path(training_args.output_dir)
-    if training_args.overwrite_output_dir or training_args.resume_from_checkpoint or not output.is_dir():
+    if training_args.overwrite_output_dir or resuming or not output.is_dir():
         return
     entries = sorted(p.name for p in output.iterdir())
     if entries:
@@ -39,8 +39,8 @@ def check_output_dir(training_args: TrainingArguments) -> None:
 
 def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                      finetuning_args: FinetuningArguments) -> None:
-    check_output_dir(training_args)
-    resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args, resuming=resume is not None)
     check_writable_folder(training_args.output_dir, "output_dir")
     get_template(data_args.template)
     if not has_tokenized_data(data_args.tokenized_path):
