@@ -37,6 +37,7 @@ from llamafactory.ddm import (
     check_window,
     load_causal_lm,
     load_tokenizer,
+    recorded_mask_id,
     resolve_special_tokens,
 )
 from llamafactory.errors import UserInputError
@@ -172,7 +173,7 @@ def check_output_dir(args: argparse.Namespace) -> None:
 def resolve_mask_id(requested: int | None, tokenizer: Any | None, config: PretrainedConfig, vocab_rows: int) -> int:
     """The mask id to train with; also recorded in the tokenizer (if any) when it would not resolve to it."""
     try:
-        resolved = resolve_special_tokens(tokenizer, config.model_type, vocab_rows).mask_id
+        resolved = resolve_special_tokens(tokenizer, config.model_type, vocab_rows, recorded_mask_id(config)).mask_id
     except UserInputError:
         if requested is None:
             raise

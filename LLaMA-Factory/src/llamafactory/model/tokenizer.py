@@ -13,7 +13,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from ..data import FramingTokens
-from ..ddm import SpecialTokens, add_mask_token, load_tokenizer, resolve_special_tokens
+from ..ddm import SpecialTokens, add_mask_token, load_tokenizer, recorded_mask_id, resolve_special_tokens
 from ..errors import UserInputError
 from ..hparams import ModelArguments
 
@@ -43,13 +43,14 @@ def grow_embeddings(model: PreTrainedModel, size: int) -> None:
 def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialTokens:
     """Mask / pad / sep / bos / eos ids; adds a mask token (and rows) only when none is known."""
     grow_embeddings(model, len(tokenizer))
+    recorded = recorded_mask_id(model.config)
     try:
-        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model))
+        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), recorded)
     except UserInputError:
         if tokenizer.mask_token is not None or not add_mask_token(tokenizer):
             raise
     grow_embeddings(model, len(tokenizer))
-    return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model))
+    return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), recorded)
 
 
 def _first(*candidates: int | None) -> int | None:
