@@ -11,7 +11,6 @@ import yaml
 
 from tests.commands import bare_environment
 from tests.tracking import tensorboard_scalars, wandb_offline_history, without_network
-
 from tests.training.conftest import TRAINING_DIR
 
 from .conftest import FACTORY_ROOT, tiny_config
