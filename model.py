@@ -21,6 +21,7 @@ from llamafactory.ddm import (
     SamplingConfig,
     load_causal_lm,
     load_tokenizer,
+    recorded_mask_id,
     resolve_special_tokens,
     sample,
     start_token_id,
@@ -48,7 +49,9 @@ class DiscreteDiffusionModel(DiffusionLM):
         if not isinstance(model, PreTrainedModel):
             model = AutoModelForCausalLM.from_config(config)
         vocab_rows = model.get_input_embeddings().weight.shape[0]
-        super().__init__(model, resolve_special_tokens(tokenizer, model.config.model_type, vocab_rows), shift=shift)
+        tokens = resolve_special_tokens(tokenizer, model.config.model_type, vocab_rows, config=model.config,
+                                        recorded_mask_id=recorded_mask_id(model.config))
+        super().__init__(model, tokens, shift=shift)
         self.tokenizer = tokenizer
         if device is not None:
             self.to(device)

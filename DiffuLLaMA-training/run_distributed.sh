@@ -50,7 +50,8 @@ OUTPUT_DIR=${OUTPUT_DIR:-output/7B_diffusion}
 BATCH_SIZE=${BATCH_SIZE:-60}
 GRAD_ACCUM=${GRAD_ACCUM:-4}
 MAX_STEPS=${MAX_STEPS:-20000}
-LEARNING_RATE=${LEARNING_RATE:-1.5e-5}
+LEARNING_RATE=${LEARNING_RATE:-2e-5}  # what the published run trained at (see README: "the published run")
+WARMUP_STEPS=${WARMUP_STEPS:-0}
 SEQ_LENGTH=${SEQ_LENGTH:-2048}
 SEED=${SEED:-2829}
 PARALLEL_MODE=${PARALLEL_MODE:-data_parallel}
@@ -75,6 +76,7 @@ command=(
     --gradient-accumulate-every "$GRAD_ACCUM"
     --max-train-steps "$MAX_STEPS"
     --learning-rate "$LEARNING_RATE"
+    --warmup-steps "$WARMUP_STEPS"
     --seq-length "$SEQ_LENGTH"
     --seed "$SEED"
     --parallel_mode "$PARALLEL_MODE"

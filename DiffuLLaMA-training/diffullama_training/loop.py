@@ -26,18 +26,19 @@ from llamafactory.ddm import (
     nll_per_token,
     nll_totals,
     noise_seed,
+    record_mask_id,
     save_diffusion_checkpoint,
     sequence_nll,
 )
+from llamafactory.utils.files import publish_model, storage_errors
 
-from .checkpointing import save_checkpoint
+from .checkpointing import LOG_FILE, save_checkpoint
 from .deepspeed_support import full_parameters
 from .parallel import DataParallel, Layout, SequenceParallel
 from .throughput import ThroughputMeter
 
 logger = logging.getLogger("train")
 
-LOG_FILE = "train_log.jsonl"
 _SHOWN = ("loss", "val_loss", "lr", "tokens_per_s", "mfu")
 
 
@@ -102,22 +103,30 @@ class Trainer:
         if start_step >= args.max_train_steps:
             logger.info("the checkpoint is at step %d, --max-train-steps is %d: nothing to train", start_step,
                         args.max_train_steps)
-        for step in range(start_step, args.max_train_steps):
-            grad_norm = self.optimizer_step(step, sums)
-            self.meter.add(tokens_per_step)
-            log.bar.update(1)
-            done = step + 1
-            if done % args.log_every == 0 or done == args.max_train_steps:
-                averaged = self.accelerator.reduce(sums, reduction="mean")
-                log.write({"step": done, "loss": float(averaged[0] / averaged[2]),
-                           "unweighted_loss": float(averaged[1] / averaged[2]), "grad_norm": grad_norm,
-                           "lr": learning_rate(step, args), "anneal_ratio": self.anneal(step), **self.meter.report()})
-                sums.zero_()
-            if self.val_blocks and (done % args.eval_every == 0 or done == args.max_train_steps):
-                log.write({"step": done, "val_loss": self.evaluate()})
-            if done % args.save_every == 0 or done == args.max_train_steps:
-                save_checkpoint(self.accelerator, output_dir, {**self.run_state, "step": done}, args.keep_checkpoints)
-        log.bar.close()
+        try:  # closed on errors too, so that an error line starts on a line of its own
+            for step in range(start_step, args.max_train_steps):
+                grad_norm = self.optimizer_step(step, sums)
+                self.meter.add(tokens_per_step)
+                log.bar.update(1)
+                self.after_step(step, grad_norm, sums, log)
+        finally:
+            log.bar.close()
+
+    def after_step(self, step: int, grad_norm: float, sums: torch.Tensor, log: RunLog) -> None:
+        """Log, validate and save as the step count asks."""
+        args, done = self.args, step + 1
+        last = done == args.max_train_steps
+        if done % args.log_every == 0 or last:
+            averaged = self.accelerator.reduce(sums, reduction="mean")
+            log.write({"step": done, "loss": float(averaged[0] / averaged[2]),
+                       "unweighted_loss": float(averaged[1] / averaged[2]), "grad_norm": grad_norm,
+                       "lr": learning_rate(step, args), "anneal_ratio": self.anneal(step), **self.meter.report()})
+            sums.zero_()
+        if self.val_blocks and (done % args.eval_every == 0 or last):
+            log.write({"step": done, "val_loss": self.evaluate()})
+        if done % args.save_every == 0 or last:
+            save_checkpoint(self.accelerator, Path(args.output_dir), {**self.run_state, "step": done},
+                            args.keep_checkpoints)
 
     def anneal(self, step: int) -> float:
         return anneal_ratio(step, self.args.anneal_steps) if self.args.anneal_steps else 1.0
@@ -153,14 +162,22 @@ class Trainer:
         self.model.train()
         return nll_per_token(accelerator.reduce(nll_totals(results, accelerator.device), reduction="sum"))
 
-    def save_final_model(self, tokenizer: Any) -> Path:
-        """Write ``<output-dir>/final`` in the released LLaMA layout, with the sampling length recorded."""
-        target = Path(self.args.output_dir) / "final"
+    def save_final_model(self, tokenizer: Any | None) -> Path:
+        """Write the model into ``<output-dir>`` (where the original wrote it) in the released LLaMA layout.
+
+        The config records the sampling length and the mask id (so the model also loads without tokenizer
+        files). It is staged whole first and then moved in file by file, ``config.json`` last.
+        """
+        output_dir = Path(self.args.output_dir)
+        staging = output_dir / ".final-model.partial"
         unwrapped = self.accelerator.unwrap_model(self.model)
         self.accelerator.wait_for_everyone()
-        with full_parameters(self.accelerator, unwrapped):
+        with storage_errors(f"the final model to {output_dir}", kept="the checkpoints are intact"), \
+                full_parameters(self.accelerator, unwrapped):
             if self.accelerator.is_main_process:
-                save_diffusion_checkpoint(unwrapped, target, tokenizer=tokenizer,
+                record_mask_id(unwrapped.config, self.tokens.mask_id)
+                save_diffusion_checkpoint(unwrapped, staging, tokenizer=tokenizer,
                                           generation_length=self.args.seq_length)
+                publish_model(staging, output_dir)
         self.accelerator.wait_for_everyone()
-        return target
+        return output_dir

@@ -173,6 +173,17 @@ def packed_files(directory: str | os.PathLike, prefix: str = "") -> list[Path]:
     return sorted(p for p in root.glob(f"{prefix}*.bin") if p.is_file() and not p.name.startswith("."))
 
 
+def check_token_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    """Every id of a packed file must index the model's embedding (checked once per file, when first read)."""
+    if not tokens.size or (int(tokens.min()) >= 0 and int(tokens.max()) < vocab_size):
+        return
+    bad = np.flatnonzero((tokens < 0) | (tokens >= vocab_size))
+    raise PackedDataError(
+        f"{path}: token id {int(tokens[bad[0]])} at position {int(bad[0])} (and {bad.size - 1} more) is outside "
+        f"the model's vocabulary of {vocab_size}; the data were tokenized for another model"
+    )
+
+
 class PackedSource:
     """One rank's share of the blocks of some packed files, in a seeded order repeated by epochs.
 
@@ -193,6 +204,7 @@ class PackedSource:
         buffer_files: int = 8,
         shuffle: bool = True,
         name: str = "data",
+        vocab_size: int | None = None,
     ) -> None:
         if block_size < 2:
             raise PackedDataError(f"block size must be at least 2 tokens, got {block_size}")
@@ -215,6 +227,7 @@ class PackedSource:
             )
         self.block_size = block_size
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
+        self.vocab_size = vocab_size
         self.blocks_per_file = self.chunk_size // block_size
         self.buffer_files = max(1, min(buffer_files, len(self.files)))
         self._cached_key: tuple[int, int] | None = None
@@ -256,7 +269,10 @@ class PackedSource:
 
     def _tokens(self, path: Path) -> np.ndarray:
         if path not in self._mmaps:
-            self._mmaps[path] = read_tokens(path)
+            tokens = read_tokens(path)
+            if self.vocab_size is not None:
+                check_token_ids(path, tokens, self.vocab_size)
+            self._mmaps[path] = tokens
         return self._mmaps[path]
 
 
@@ -327,8 +343,10 @@ def mixed_stream(
     rank: int = 0,
     world_size: int = 1,
     buffer_files: int = 8,
+    vocab_size: int | None = None,
 ) -> MixedStream:
-    """The training stream of one data-parallel rank over ``prefix*.bin`` files in ``directory``."""
+    """The training stream of one data-parallel rank over ``prefix*.bin`` files in ``directory``; with
+    ``vocab_size`` each file's ids are checked against it when the file is first read."""
     sources, weights = [], []
     for prefix, weight in config:
         files = packed_files(directory, prefix)
@@ -336,7 +354,7 @@ def mixed_stream(
             raise PackedDataError(f"no packed files {prefix}*.bin in {directory} (from the data config)")
         sources.append(
             PackedSource(files, block_size, seed=seed, rank=rank, world_size=world_size,
-                         buffer_files=buffer_files, name=f"{directory}/{prefix}*")
+                         buffer_files=buffer_files, name=f"{directory}/{prefix}*", vocab_size=vocab_size)
         )
         weights.append(weight)
     return MixedStream(sources, weights, seed=seed, rank=rank)

@@ -7,6 +7,11 @@ Each document becomes ``BOS + tokens + EOS`` and documents are packed back to ba
 ``{prefix}_{index:010d}.bin`` (docs/design.md#packed-data). Inputs: ``.jsonl``/``.json`` (one JSON object per line, text in
 ``--column``), ``.parquet`` (column ``--column``) and ``.txt`` (one document per non-empty line); any
 of them may be gzip-compressed (``.gz``). Output does not depend on ``--workers``.
+
+Inputs are checked before any tokenizing (text files must be UTF-8 and not empty), and an input that
+yields no document is an error. The files are written into a staging folder beside the output and moved
+into place only when all are complete, so a failed or interrupted run (or one with ``--overwrite``)
+leaves the existing ``{prefix}*.bin`` files as they were.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +36,8 @@ from tqdm import tqdm
 from llamafactory.command_line import run_command
 from llamafactory.ddm import load_tokenizer
 from llamafactory.errors import UserInputError
+from llamafactory.utils.encoding import check_not_empty, check_utf8
+from llamafactory.utils.files import check_writable_folder, storage_errors
 
 from .packed_dataset import PackedWriter, packed_files, token_dtype
 
@@ -87,8 +96,25 @@ def _open_text(path: Path) -> IO[str]:
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+def check_input(path: Path) -> None:
+    """Fail now on an input that cannot give documents: unsupported, empty, or text that is not UTF-8."""
+    kind = _format(path)
+    check_not_empty(path)
+    if kind != ".parquet":
+        check_utf8(path)
+
+
 def read_documents(path: Path, column: str) -> Iterator[str]:
-    """The documents of one input file, in file order."""
+    """The documents of one input file, in file order; an input that gives none is an error."""
+    count = 0
+    for document in _documents(path, column):
+        count += 1
+        yield document
+    if count == 0:
+        raise UserInputError(f"{path}: no documents (every row's {column!r} is empty, or the file holds no rows)")
+
+
+def _documents(path: Path, column: str) -> Iterator[str]:
     kind = _format(path)
     if kind == ".parquet":
         import pyarrow.parquet as pq
@@ -156,27 +182,41 @@ def separator_id(tokenizer: Any, requested: int | None) -> int:
 def prepare(args: argparse.Namespace) -> list[Path]:
     """Tokenize every input document and write the packed files; returns them."""
     inputs = expand_inputs(args.input)
-    for path in inputs:
-        _format(path)
     if args.chunk_size < 2:
         raise UserInputError(f"--chunk-size must be at least 2, got {args.chunk_size}")
     if args.workers < 1:
         raise UserInputError(f"--workers must be at least 1, got {args.workers}")
-    existing = packed_files(args.output_dir, args.prefix) if Path(args.output_dir).is_dir() else []
+    output_dir = Path(args.output_dir)
+    existing = packed_files(output_dir, args.prefix) if output_dir.is_dir() else []
     if existing and not args.overwrite:
         raise UserInputError(
-            f"{args.output_dir} already holds {len(existing)} {args.prefix}*.bin files; pass --overwrite to replace them"
+            f"{output_dir} already holds {len(existing)} {args.prefix}*.bin files; pass --overwrite to replace them"
         )
+    check_writable_folder(output_dir, "--output-dir")
+    for path in inputs:
+        check_input(path)
     tokenizer = load_tokenizer(args.tokenizer)
     sep = separator_id(tokenizer, args.sep_id)
     head = [] if args.no_bos or tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     tail = [] if args.no_eos or tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    for path in existing:
-        path.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.prefix}.partial-", dir=output_dir))
+    try:
+        with storage_errors(f"packed files to {output_dir}", kept=f"its existing {args.prefix}*.bin files are intact"):
+            written = _write_packed(args, inputs, tokenizer, staging, sep, head, tail)
+            files = _swap_in(written, existing, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote %d file(s) of %d tokens to %s", len(files), args.chunk_size, output_dir)
+    return files
 
+
+def _write_packed(args: argparse.Namespace, inputs: list[Path], tokenizer: Any, staging: Path, sep: int,
+                  head: list[int], tail: list[int]) -> list[Path]:
+    """Tokenize the documents of ``inputs`` into packed files in ``staging``."""
     documents = (doc for path in inputs for doc in read_documents(path, args.column))
     batches = _batches(documents, _BATCH)
-    writer = PackedWriter(args.output_dir, args.prefix, args.chunk_size, sep, token_dtype(len(tokenizer)))
+    writer = PackedWriter(staging, args.prefix, args.chunk_size, sep, token_dtype(len(tokenizer)))
     progress = tqdm(unit="docs", desc=f"tokenizing {len(inputs)} file(s)", dynamic_ncols=True)
     if args.workers == 1:
         _init_worker(tokenizer)
@@ -194,8 +234,17 @@ def prepare(args: argparse.Namespace) -> list[Path]:
         progress.close()
         if pool is not None:
             pool.terminate()
-    files = writer.close()
-    logger.info("wrote %d file(s) of %d tokens to %s", len(files), args.chunk_size, args.output_dir)
+    return writer.close()
+
+
+def _swap_in(written: list[Path], existing: list[Path], output_dir: Path) -> list[Path]:
+    """Move the complete new files into ``output_dir``; then remove the old files they did not replace."""
+    files = []
+    for path in written:
+        files.append(output_dir / path.name)
+        os.replace(path, files[-1])
+    for old in set(existing) - set(files):
+        old.unlink()
     return files
 
 

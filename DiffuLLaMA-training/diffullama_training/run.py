@@ -2,15 +2,17 @@
 
     accelerate launch --config_file accelerate_configs/single_node.yaml train.py \\
         --batch-size 60 --gradient-accumulate-every 4 --output-dir output/7B_diffusion --seed 2829 \\
-        --max-train-steps 20000 --learning-rate 1.5e-5 --dataset data/slim_star_combined \\
+        --max-train-steps 20000 --learning-rate 2e-5 --dataset data/slim_star_combined \\
         --model meta-llama/Llama-2-7b-hf --seq-length 2048 --parallel_mode data_parallel
 
 Every step draws a noise level per sequence, masks tokens and minimises the ELBO-weighted masked
 cross-entropy of ``llamafactory.ddm`` (docs/design.md#objective) with AdamW (0.9, 0.95), weight decay 0.1 and a constant
 learning rate after an optional linear warm-up. The loss only upcasts the masked rows, in chunks.
 Training state is saved atomically every ``--save-every`` steps and at the end; ``--resume`` continues
-a run with the same global batch and the same data order. The final weights go to
-``<output-dir>/final`` in the released DiffuLLaMA layout (loadable by ``inf_diffullama.py``).
+a run with the same global batch and the same data order; an ``--output-dir`` holding another run is
+refused unless ``--overwrite`` or ``--resume`` is given. The final weights go to ``<output-dir>`` itself
+(as the original wrote them) in the released DiffuLLaMA layout (loadable by ``inf_diffullama.py``). With
+``--mask_token`` the base model needs no tokenizer: the packed data are token ids already.
 """
 
 from __future__ import annotations
@@ -29,18 +31,28 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import AutoConfig, PretrainedConfig
 from transformers.utils import is_flash_attn_2_available
 
-from llamafactory.command_line import run_command
+from llamafactory.command_line import FLASH_ATTN_INSTALL, run_command
 from llamafactory.ddm import (
     SpecialTokens,
+    check_window,
     load_causal_lm,
     load_tokenizer,
+    recorded_mask_id,
     resolve_special_tokens,
 )
 from llamafactory.errors import UserInputError
 from llamafactory.utils.distributed import close_process_group
+from llamafactory.utils.files import check_writable_folder
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
-from .checkpointing import check_resumable, find_resume_checkpoint, read_state
+from .checkpointing import (
+    check_resumable,
+    clear_previous_run,
+    find_resume_checkpoint,
+    previous_run_files,
+    read_state,
+    truncate_log,
+)
 from .deepspeed_support import configure_batch, embedding_rows, start_cpu_deepspeed_processes, uses_deepspeed
 from .loop import Trainer, train_batches
 from .packed_dataset import PackedSource, mixed_stream, packed_files, parse_data_config
@@ -61,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--max-train-steps", type=int, default=400, help="optimizer steps in total (default 400)")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                      help="continue from CHECKPOINT, or with no value from the latest one in --output-dir (if any)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an --output-dir that holds another run (its checkpoints and log are removed)")
     run.add_argument("--save-every", type=int, default=1000, help="save the training state every N steps (default 1000)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="training states kept on disk (default 2)")
     run.add_argument("--log-every", type=int, default=10, help="log loss, lr, tokens/s and MFU every N steps (default 10)")
@@ -90,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="hold the checkpointed activations in pinned CPU memory (long contexts; slower)")
     model = parser.add_argument_group("diffusion and model")
     model.add_argument("--mask_token", "--mask-token", dest="mask_token", type=int, default=None,
-                       help="mask token id (default: the tokenizer's, else 811 for LLaMA-2)")
+                       help="mask token id (default: the tokenizer's, else 811 for LLaMA-2); "
+                            "with it the base model needs no tokenizer")
     model.add_argument("--anneal-steps", type=int, default=0,
                        help="steps of attention-mask annealing from causal to full (default 0 = none)")
     model.add_argument("--attn-implementation", choices=("auto", "flash_attention_2", "sdpa", "eager"), default="auto",
@@ -132,17 +147,34 @@ def validate_args(args: argparse.Namespace) -> None:
         flash = cuda and is_flash_attn_2_available() and args.anneal_steps == 0 and args.parallel_mode != "ring_attn"
         args.attn_implementation = "flash_attention_2" if flash else "sdpa"
     if args.attn_implementation == "flash_attention_2" and not (cuda and is_flash_attn_2_available()):
-        raise UserInputError("--attn-implementation flash_attention_2 needs CUDA and the flash-attn package")
+        raise UserInputError(f"--attn-implementation flash_attention_2 needs CUDA and the flash-attn package "
+                             f"({FLASH_ATTN_INSTALL})")
     if args.attn_implementation == "flash_attention_2" and args.anneal_steps > 0:
         raise UserInputError("--anneal-steps passes an attention mask, which flash_attention_2 cannot take: use sdpa")
     if args.wandb and importlib.util.find_spec("wandb") is None:
         raise UserInputError("--wandb needs the wandb package (pip install wandb)")
+    check_output_dir(args)
 
 
-def resolve_mask_id(requested: int | None, tokenizer: Any, config: PretrainedConfig, vocab_rows: int) -> int:
-    """The mask id to train with; recorded in the tokenizer when it would not resolve to it on loading."""
+def check_output_dir(args: argparse.Namespace) -> None:
+    """An --output-dir holding another run is only used with --resume (continue it) or --overwrite (replace it)."""
+    if args.resume is not None and args.overwrite:
+        raise UserInputError("--resume continues the run in --output-dir and --overwrite replaces it: give one")
+    output_dir = Path(args.output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and args.resume is None and not args.overwrite:
+        shown = ", ".join(sorted(path.name for path in output_dir.iterdir())[:5])
+        raise UserInputError(
+            f"--output-dir {output_dir} is not empty ({shown}, ...): pass --resume to continue the run there, "
+            "--overwrite to replace it, or choose another folder"
+        )
+    check_writable_folder(output_dir, "--output-dir")
+
+
+def resolve_mask_id(requested: int | None, tokenizer: Any | None, config: PretrainedConfig, vocab_rows: int) -> int:
+    """The mask id to train with; also recorded in the tokenizer (if any) when it would not resolve to it."""
     try:
-        resolved = resolve_special_tokens(tokenizer, config.model_type, vocab_rows).mask_id
+        resolved = resolve_special_tokens(tokenizer, config.model_type, vocab_rows, config=config,
+                                          recorded_mask_id=recorded_mask_id(config)).mask_id
     except UserInputError:
         if requested is None:
             raise
@@ -151,15 +183,15 @@ def resolve_mask_id(requested: int | None, tokenizer: Any, config: PretrainedCon
         return resolved
     if not 0 <= requested < vocab_rows:
         raise UserInputError(f"--mask_token {requested} is outside the model's {vocab_rows} embedding rows")
-    if resolved != requested:
+    if resolved != requested and tokenizer is not None:
         tokenizer.mask_token = tokenizer.convert_ids_to_tokens(requested)
     return requested
 
 
-def validation_blocks(args: argparse.Namespace, block_size: int, layout: Layout) -> list[list[int]]:
+def validation_blocks(args: argparse.Namespace, block_size: int, layout: Layout, vocab_size: int) -> list[list[int]]:
     """This rank's share of the first ``--val-blocks`` validation blocks (equal counts on every rank)."""
     source = PackedSource(packed_files(args.val_dataset), block_size, seed=args.seed, shuffle=False,
-                          name=f"--val-dataset {args.val_dataset}")
+                          name=f"--val-dataset {args.val_dataset}", vocab_size=vocab_size)
     count = min(args.val_blocks, len(source)) // layout.dp_size * layout.dp_size
     if count == 0:
         raise UserInputError(
@@ -169,13 +201,32 @@ def validation_blocks(args: argparse.Namespace, block_size: int, layout: Layout)
     return [source.block(i).tolist() for i in range(layout.dp_rank, count, layout.dp_size)]
 
 
+def load_run_tokenizer(args: argparse.Namespace, model_dir: Path) -> Any | None:
+    """The base model's tokenizer; None when it has none and ``--mask_token`` names the mask id."""
+    try:
+        return load_tokenizer(model_dir)
+    except UserInputError as error:
+        if args.mask_token is None:
+            raise UserInputError(
+                f"{error}; the packed data are token ids already, so pass --mask_token ID to train without one"
+            ) from None
+    logger.info("no tokenizer in %s: training on the packed token ids with --mask_token %d", model_dir, args.mask_token)
+    return None
+
+
+def special_tokens(tokenizer: Any | None, config: PretrainedConfig, mask_id: int) -> SpecialTokens:
+    """The ids the loss and validation need: the tokenizer's, else the model config's."""
+    source = tokenizer if tokenizer is not None else config
+    return SpecialTokens(mask_id=mask_id, pad_id=source.pad_token_id, bos_id=source.bos_token_id,
+                         eos_id=source.eos_token_id)
+
+
 def load_model(args: argparse.Namespace, model_dir: Path, dtype: torch.dtype) -> tuple[Any, Any, SpecialTokens]:
-    """The base model (bidirectional, in training mode), its tokenizer and the diffusion special tokens."""
-    tokenizer = load_tokenizer(model_dir)
+    """The base model (bidirectional, in training mode), its tokenizer (or None) and the diffusion special tokens."""
+    tokenizer = load_run_tokenizer(args, model_dir)
     model = load_causal_lm(model_dir, dtype=dtype, attn_implementation=args.attn_implementation)
     mask_id = resolve_mask_id(args.mask_token, tokenizer, model.config, embedding_rows(model))
-    tokens = SpecialTokens(mask_id=mask_id, pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
-                           eos_id=tokenizer.eos_token_id)
+    tokens = special_tokens(tokenizer, model.config, mask_id)
     model.train()
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
@@ -192,12 +243,15 @@ def run(args: argparse.Namespace) -> Path:
     sp_size = args.sp_size or (1 if args.parallel_mode == "data_parallel" else world_size)
     model_dir = resolve_checkpoint_dir(args.model)
     config = AutoConfig.from_pretrained(model_dir)
+    check_window(config, block_size, f"--seq-length {args.seq_length} (blocks of seq_length + 1 tokens)")
     check_mode(
         args.parallel_mode, world_size=world_size, sp_size=sp_size, block_size=block_size,
         attn_implementation=args.attn_implementation, anneal_steps=args.anneal_steps, uses_deepspeed=deepspeed,
         cuda=torch.cuda.is_available(), num_heads=config.num_attention_heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
     )
+    checkpoint = find_resume_checkpoint(args.resume, output_dir)
+    saved = read_state(checkpoint) if checkpoint is not None else None
 
     start_cpu_deepspeed_processes()
     accelerator = Accelerator(
@@ -212,9 +266,11 @@ def run(args: argparse.Namespace) -> Path:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        if args.overwrite and previous_run_files(output_dir):
+            clear_previous_run(output_dir)
     stream = mixed_stream(args.dataset, args.data_entries, block_size, seed=args.seed, rank=layout.dp_rank,
-                          world_size=layout.dp_size, buffer_files=args.buffer_files)
-    val_blocks = validation_blocks(args, block_size, layout) if args.val_dataset else []
+                          world_size=layout.dp_size, buffer_files=args.buffer_files, vocab_size=config.vocab_size)
+    val_blocks = validation_blocks(args, block_size, layout, config.vocab_size) if args.val_dataset else []
 
     dtype = torch.bfloat16 if deepspeed and args.mixed_precision == "bf16" else torch.float32
     model, tokenizer, tokens = load_model(args, model_dir, dtype)
@@ -233,13 +289,13 @@ def run(args: argparse.Namespace) -> Path:
         "global_batch_size": args.batch_size * args.gradient_accumulate_every * layout.dp_size,
     }
     start_step = 0
-    checkpoint = find_resume_checkpoint(args.resume, output_dir)
-    if checkpoint is not None:
-        saved = read_state(checkpoint)
+    if saved is not None:
         check_resumable(saved, run_state, checkpoint)
         accelerator.load_state(str(checkpoint))
         start_step = int(saved["step"])
         logger.info("resumed from %s at step %d", checkpoint, start_step)
+    if accelerator.is_main_process and args.resume is not None:
+        truncate_log(output_dir, start_step)
     if args.wandb:
         accelerator.init_trackers(args.wandb, config={k: v for k, v in vars(args).items() if k != "data_entries"},
                                   init_kwargs={"wandb": {"name": output_dir.name}})

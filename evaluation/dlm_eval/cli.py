@@ -35,7 +35,7 @@ from .ar_engine import AutoregressiveEngine
 from .data import DataSource
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, Engine
-from .runner import load_examples, run_tasks
+from .runner import check_results_dir, load_examples, run_tasks
 from .tasks import PROMPT_FORMATS, TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
@@ -193,8 +193,9 @@ def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
     tasks = select_tasks(args.tasks)
     examples = load_examples(tasks, DataSource(args.data_dir), args.limit)
     output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args.model_name)
-    engine = load_engine(family, args)
     config = {key: value for key, value in vars(args).items()}
+    check_results_dir(output_dir, family.kind, config)
+    engine = load_engine(family, args)
     summary = run_tasks(engine, tasks, examples, settings_from(args, family), output_dir=output_dir,
                         model=Path(str(args.model_name)).name or str(args.model_name), config=config)
     print(summary["table"])

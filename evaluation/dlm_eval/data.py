@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llamafactory.errors import UserInputError
+from llamafactory.utils.encoding import check_utf8
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataSource:
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        self.files: dict[str, Path] = {}  # task -> the local file it was read from
         if self.data_dir is not None and not self.data_dir.is_dir():
             raise UserInputError(f"--data_dir {self.data_dir} is not a directory")
 
@@ -55,6 +57,8 @@ class DataSource:
             raise UserInputError(
                 f"task {task}: none of {', '.join(names)} found under {where} or its {folder}/ folder"
             )
+        check_utf8(found)
+        self.files[task] = found
         return found
 
     def resolve(self, task: str, folder: str, *names: str, hub: HubDataset | None = None) -> Path | None:

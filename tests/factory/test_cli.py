@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -15,7 +16,12 @@ def test_version_env_and_help(capsys):
     assert capsys.readouterr().out.strip() == __version__
     assert main(["env"]) == 0
     report = capsys.readouterr().out
-    assert all(f"{name}:" in report for name in ("python", "torch", "transformers", "peft", "deepspeed", "flash-attn"))
+    assert all(f"{name}:" in report for name in ("python", "torch", "transformers", "peft", "deepspeed", "flash-attn",
+                                                 "wandb", "pyyaml"))
+    assert "attention eager: available" in report and "attention sdpa: available" in report
+    if importlib.util.find_spec("flash_attn") is None:  # CI never installs the CUDA extra
+        assert ("attention flash_attention_2: unavailable (flash-attn is not installed: pip install -r "
+                "requirements-cuda.txt on a CUDA machine)") in report
     assert main(["help"]) == 0 and "llamafactory-cli train CONFIG.yaml" in capsys.readouterr().out
     assert main(["train", "--help"]) == 0 and "FORCE_TORCHRUN" in capsys.readouterr().out
     assert main(["fly"]) == 2 and "unknown command 'fly'" in capsys.readouterr().err

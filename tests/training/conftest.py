@@ -79,10 +79,12 @@ def accelerate_launch(config: Path) -> list[str]:
 
 
 def run_training(args: list[str], launcher: list[str] | None = None, *, expect_success: bool = True,
-                 timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train.py in its directory, in one process or under ``launcher``; fail with its output."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+                 timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run train.py in its directory, in one process or under ``launcher``; fail with its output.
+
+    ``env`` replaces the inherited environment (default: this one, with W&B disabled and the Hub offline)."""
+    env = env or {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                  "OMP_NUM_THREADS": "1"}
     command = [*(launcher or [sys.executable]), "train.py", *args]
     result = subprocess.run(command, cwd=TRAINING_DIR, env=env, capture_output=True, text=True, timeout=timeout)
     if expect_success and result.returncode != 0:

@@ -62,8 +62,49 @@ def test_a_single_machine_uses_the_single_node_config(tmp_path):
 def test_multi_node_starts_every_host_with_its_rank_and_the_settings(hostfile):
     commands = _dry_run("multi_node.sh", "--seed", "7", HOSTFILE=str(hostfile), MODEL="/models/llama 2",
                         ENV_SETUP="source /env/bin/activate")
+    commands.sort(key=lambda command: command[-2])  # the hosts are started in parallel: print order varies
     assert [c[-2] for c in commands] == ["gh-001", "gh-002", "gh-003"]
     for rank, command in enumerate(commands):
         remote = command[-1]
         assert "source /env/bin/activate;" in remote and "export MODEL=/models/llama\\ 2;" in remote
         assert remote.endswith(f"bash run_distributed.sh {rank} --seed 7 ")
+
+
+def _documented_train_flags(readme: Path) -> list[str]:
+    """The train.py flags of the first `accelerate launch ... train.py` command in a README's code blocks."""
+    text = readme.read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.strip().startswith("accelerate launch") and "train.py" in line)
+    words = shlex.split(line)
+    return words[words.index("train.py") + 1:]
+
+
+@pytest.mark.parametrize("readme", [TRAINING_DIR / "README.md", TRAINING_DIR.parent / "README.md"])
+def test_the_documented_command_and_the_launch_script_reproduce_the_published_run(readme, tmp_path):
+    """Constant lr 2e-5 without warm-up (what the original's DeepSpeed scheduler pinned, whatever its
+    --learning-rate said), blocks of 2048 + 1 tokens, 60 x 4 per GPU, seed 2829, bf16, no annealing."""
+    from diffullama_training.run import parse_args
+
+    published = {"learning_rate": 2e-5, "warmup_steps": 0, "seq_length": 2048, "batch_size": 60,
+                 "gradient_accumulate_every": 4, "max_train_steps": 20000, "seed": 2829, "mixed_precision": "bf16",
+                 "anneal_steps": 0, "gradient_checkpointing": True, "parallel_mode": "data_parallel"}
+    documented = vars(parse_args(_documented_train_flags(readme)))
+    (launched,) = _dry_run("run_distributed.sh", HOSTFILE=str(tmp_path / "absent.txt"), GPUS_PER_NODE="8")
+    scripted = vars(parse_args(launched[launched.index("train.py") + 1:]))
+    for settings in (documented, scripted):
+        assert {key: settings[key] for key in published} == published
+
+
+@pytest.mark.parametrize("name", ["single_node.yaml", "two_node.yaml", "multi_node.yaml"])
+def test_the_shipped_training_configs_are_the_published_zero3_with_offload(name):
+    import json
+
+    import yaml
+
+    launch = yaml.safe_load((TRAINING_DIR / "accelerate_configs" / name).read_text())
+    assert launch["distributed_type"] == "DEEPSPEED" and launch["deepspeed_config"]["zero3_init_flag"] is False
+    assert not {"mixed_precision", "gradient_accumulation_steps", "zero_stage"} & set(launch)
+    deepspeed = json.loads((TRAINING_DIR / launch["deepspeed_config"]["deepspeed_config_file"]).read_text())
+    zero = deepspeed["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "cpu"
+    assert not {"optimizer", "scheduler"} & set(deepspeed)  # train.py's flags decide the rate
+    assert deepspeed["bf16"]["enabled"] == "auto" and deepspeed["gradient_clipping"] == "auto"

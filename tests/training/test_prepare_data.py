@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from diffullama_training import prepare as prepare_data
 from diffullama_training.packed_dataset import packed_files, read_header, read_tokens
-from tests.tiny import corpus
+from tests.tiny import corpus, tiny_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,47 @@ def test_unsupported_inputs_are_rejected_before_tokenizing(tmp_path, tokenizer_d
     assert "unsupported input type .md" in capsys.readouterr().err
     assert _run([tmp_path / "missing*.jsonl"], tokenizer_dir, tmp_path / "out") == 2
     assert "matches no file" in capsys.readouterr().err
+
+
+def _checksums(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_overwrite_keeps_the_existing_dataset(inputs, tokenizer_dir, tmp_path, capsys):
+    files, docs = inputs
+    out = tmp_path / "out"
+    assert _run(files, tokenizer_dir, out, "--workers", "1") == 0
+    before = _checksums(out)
+    bad_byte = tmp_path / "z.jsonl"  # good records, then a byte that is not UTF-8 half-way through
+    bad_byte.write_bytes(b"".join(json.dumps({"text": d}).encode() + b"\n" for d in docs[:5]) + b'{"text": "\xff"}\n')
+    failures = {
+        "no column 'body'": ["--column", "body"],
+        f"{bad_byte}: byte {bad_byte.stat().st_size - 4}, line 6, is not valid UTF-8": [],
+    }
+    for message, extra in failures.items():
+        inputs_now = files if extra else [*files, bad_byte]
+        assert _run(inputs_now, tokenizer_dir, out, "--workers", "2", "--overwrite", *extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and message in err
+        assert _checksums(out) == before  # nothing deleted, nothing half-written, no staging left
+
+
+def test_inputs_that_give_no_documents_are_errors_naming_the_file(inputs, tokenizer_dir, tmp_path, capsys):
+    files, _ = inputs
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"text": ""}) + "\n")
+    assert _run([files[0], tmp_path / "empty.jsonl"], tokenizer_dir, tmp_path / "out") == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: {tmp_path / 'empty.jsonl'} is empty")
+    assert _run([files[0], tmp_path / "blank.jsonl"], tokenizer_dir, tmp_path / "out", "--workers", "1") == 2
+    assert f"{tmp_path / 'blank.jsonl'}: no documents" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not packed_files(tmp_path / "out")
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused(inputs, tmp_path, capsys):
+    """transformers 5 builds an empty GPT-2 tokenizer for such a folder: every document would become id 0."""
+    files, _ = inputs
+    tiny_gpt2(400).save_pretrained(tmp_path / "gpt2")
+    assert _run(files[:1], tmp_path / "gpt2", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: no usable tokenizer") and "its vocabulary has 1 token(s)" in err
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,15 @@ def _argv(base_model, packed_data, *extra) -> list[str]:
             "--seq-length", "15", *extra]
 
 
+def test_an_unusable_output_dir_is_refused_before_anything_starts(base_model, packed_data, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    argv = _argv(base_model, packed_data)
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "a_file" / "run")
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output-dir {tmp_path / 'a_file' / 'run'}: {tmp_path / 'a_file'} is a file, not a folder")
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

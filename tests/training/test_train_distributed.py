@@ -87,10 +87,10 @@ def test_two_process_data_parallel_training_lowers_the_loss(base_model, packed_d
     assert [train[s]["anneal_ratio"] for s in (1, 5, 10, 20)] == pytest.approx([0.1, 0.5, 1.0, 1.0])
     assert all(r["tokens_per_s"] > 0 for r in train.values())
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
-    trained = _load_with_model_py(out / "final")
+    trained = _load_with_model_py(out)  # the final model is written into --output-dir, as the original did
     base = LlamaForCausalLM.from_pretrained(base_model)
     assert not torch.equal(trained.model.lm_head.weight, base.lm_head.weight)
-    quickstart, _ = load_diffusion_lm(out / "final")  # what inf_diffullama.py loads
+    quickstart, _ = load_diffusion_lm(out)  # what inf_diffullama.py loads
     assert torch.equal(quickstart.model.lm_head.weight, trained.model.lm_head.weight)
 
 
@@ -109,10 +109,10 @@ def test_zero3_on_two_processes_resumes_to_the_same_trajectory(base_model, packe
         assert resumed[step]["loss"] == pytest.approx(full[step]["loss"], rel=1e-6)
         assert resumed[step]["unweighted_loss"] == pytest.approx(full[step]["unweighted_loss"], rel=1e-6)
         assert resumed[step]["grad_norm"] == pytest.approx(full[step]["grad_norm"], rel=1e-5)
-    final, again = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "resumed" / "final")
+    final, again = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
     assert final.keys() == again.keys()
     assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final)
-    _load_with_model_py(tmp_path / "resumed" / "final")
+    _load_with_model_py(tmp_path / "resumed")
 
 
 def test_ulysses_sequence_parallelism_matches_single_process_training(base_model, packed_data, deepspeed_config,

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from . import __version__
-from .command_line import bool_word, run_command
+from .command_line import attention_report, bool_word, run_command
 
 USAGE = f"""llamafactory-cli {__version__}: diffusion LMs adapted from autoregressive ones (DiffuGPT / DiffuLLaMA)
 
@@ -35,7 +35,8 @@ environment:
   MASTER_ADDR, MASTER_PORT  rendezvous address (default 127.0.0.1, a free port)
 """
 
-ENV_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "deepspeed", "flash-attn", "tokenizers")
+ENV_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "deepspeed", "flash-attn", "tokenizers",
+                "wandb", "tensorboard", "pyyaml")
 
 
 def _version_of(package: str) -> str:
@@ -54,6 +55,7 @@ def environment_report() -> str:
         lines += [f"cuda device {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     else:
         lines.append("cuda devices: none")
+    lines.append(attention_report())
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ never a traceback; ``run_command`` is the one place that does it.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,7 @@ ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "off"})
 USER_ERROR_EXIT_CODE = 2
+FLASH_ATTN_INSTALL = "pip install -r requirements-cuda.txt on a CUDA machine"
 
 
 def bool_word(text: str) -> bool | None:
@@ -89,7 +92,38 @@ def check_attention_implementation(choice: str, device: torch.device) -> None:
     from transformers.utils import is_flash_attn_2_available
 
     if device.type != "cuda" or not is_flash_attn_2_available():
-        raise UserInputError("flash_attention_2 needs a CUDA device and the flash-attn package; use sdpa or eager")
+        raise UserInputError(
+            f"flash_attention_2 needs a CUDA device and the flash-attn package ({FLASH_ATTN_INSTALL}); use sdpa or eager"
+        )
+
+
+def attention_kernels() -> dict[str, str]:
+    """Each ``--flash_attn`` choice and whether it can run here (with the kernels behind sdpa on CUDA)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    cuda = torch.cuda.is_available()
+    backends = torch.backends.cuda
+    if cuda:
+        sdpa_kernels = [name for name, usable in (
+            ("flash", backends.flash_sdp_enabled() and backends.is_flash_attention_available()),
+            ("memory-efficient", backends.mem_efficient_sdp_enabled()), ("cudnn", backends.cudnn_sdp_enabled()),
+            ("math", backends.math_sdp_enabled())) if usable]
+        sdpa = f"available (CUDA kernels: {', '.join(sdpa_kernels)})"
+    else:
+        sdpa = "available (CPU kernels)"
+    if is_flash_attn_2_available():
+        flash = f"available (flash-attn {importlib.metadata.version('flash-attn')})"
+    elif importlib.util.find_spec("flash_attn") is not None:
+        flash = "unavailable (flash-attn is installed but needs a CUDA device)"
+    else:
+        flash = f"unavailable (flash-attn is not installed: {FLASH_ATTN_INSTALL})"
+    return {"eager": "available", "sdpa": sdpa, "flash_attention_2": flash}
+
+
+def attention_report(chosen: str | None = None) -> str:
+    """One line per attention implementation; ``chosen`` (the run's ``--flash_attn``) is marked."""
+    return "\n".join(f"attention {name}: {state}" + (" <- used" if name == chosen else "")
+                     for name, state in attention_kernels().items())
 
 
 def run_command(action: Callable[[], Any]) -> int:

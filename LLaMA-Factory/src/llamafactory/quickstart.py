@@ -19,12 +19,13 @@ from tqdm import tqdm
 from .command_line import (
     add_bool_flag,
     add_model_arguments,
+    attention_report,
     check_attention_implementation,
     resolve_device,
     resolve_dtype,
     run_command,
 )
-from .ddm import SamplingConfig, generation_length, load_diffusion_lm, sample, start_token_id
+from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
 from .ddm.sampling import STRATEGIES
 from .errors import UserInputError
 
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
     )
     args.tokenizer = tokenizer
     length = args.gen_len or generation_length(model.config)
+    check_window(model.config, length, f"--gen_len {length}")
     start = start_token_id(tokenizer)
     prefix = [start] + tokenizer.encode(args.prompt, add_special_tokens=False)
     if len(prefix) >= length:
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> None:
                             greedy=args.greedy, strategy=args.strategy, shift=args.shift,
                             record_history=args.verbose)
     config.validate()
+    print(attention_report(args.flash_attn), file=sys.stderr)
     print("=" * 20, f"Generating {length} tokens with T={args.diffusion_steps} on {device}")
     print("=" * 20, "Unconditional generation")
     for tokens in _generate(model, [start], length, config, args):

@@ -2,7 +2,8 @@
 
 Pre-training stages get a ``text`` column; supervised stages get ``prompt`` (with an alpaca ``input``
 appended), ``response`` and ``system``. A missing column fails here, naming the dataset, the column and
-the columns the file does have.
+the columns the file does have; so do an empty file, a dataset without records and text files that are
+not UTF-8 (with the byte offset).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
 from ..errors import UserInputError
+from ..utils.encoding import check_not_empty, check_utf8
 from .registry import DatasetAttr
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 AnyDataset = Dataset | IterableDataset
 BUILDERS = {".json": "json", ".jsonl": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+TEXT_BUILDERS = ("json", "text", "csv")
 
 
 def _local_files(attr: DatasetAttr) -> tuple[str, list[str]]:
@@ -35,7 +38,12 @@ def _local_files(attr: DatasetAttr) -> tuple[str, list[str]]:
         raise UserInputError(
             f"{attr.describe()}: expected files of one type among {', '.join(BUILDERS)}; found {found}"
         )
-    return kinds.pop(), [str(p) for p in files]
+    builder = kinds.pop()
+    for file in files:
+        check_not_empty(file)
+        if builder in TEXT_BUILDERS:
+            check_utf8(file)
+    return builder, [str(p) for p in files]
 
 
 def load_source(attr: DatasetAttr, data_args: DataArguments, model_args: ModelArguments) -> AnyDataset:
@@ -43,15 +51,19 @@ def load_source(attr: DatasetAttr, data_args: DataArguments, model_args: ModelAr
     try:
         if attr.source == "file":
             builder, files = _local_files(attr)
-            return load_dataset(builder, data_files=files, split="train", streaming=data_args.streaming,
-                                cache_dir=model_args.cache_dir)
-        return load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
-                            streaming=data_args.streaming, cache_dir=model_args.cache_dir)
+            dataset = load_dataset(builder, data_files=files, split="train", streaming=data_args.streaming,
+                                   cache_dir=model_args.cache_dir)
+        else:
+            dataset = load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                   streaming=data_args.streaming, cache_dir=model_args.cache_dir)
     except UserInputError:
         raise
     except Exception as error:  # missing files, bad JSON, no network: all mean "cannot read this dataset"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise UserInputError(f"cannot load {attr.describe()}: {type(error).__name__}: {reason}") from None
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
+        raise UserInputError(f"{attr.describe()} holds no records ({attr.path})")
+    return dataset
 
 
 def _column_names(dataset: AnyDataset) -> list[str]:

@@ -6,6 +6,7 @@ Trainers or YAML.
 
 from .checkpoints import (
     apply_adapters,
+    check_window,
     detect_layout,
     generation_length,
     is_adapter_dir,
@@ -16,7 +17,10 @@ from .checkpoints import (
     load_weights_into,
     position_limit,
     record_generation_length,
+    record_mask_id,
+    recorded_mask_id,
     save_diffusion_checkpoint,
+    tokenizer_problem,
 )
 from .model import (
     DiffusionLM,
@@ -52,13 +56,14 @@ from .tokens import (
 )
 
 __all__ = [
-    "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
-    "apply_adapters", "corrupt", "DEFAULT_MASK_TOKEN", "detect_layout", "diffusion_loss", "DiffusionLM",
-    "DiffusionLoss", "ESTIMATORS", "first_predicted_token", "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
-    "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
-    "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
-    "noise_seed", "position_limit", "predicting_output", "random_keep", "record_generation_length",
+    "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio",
+    "annealed_attention_mask", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
+    "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
+    "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS", "level_masks", "load_adapter",
+    "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into", "make_bidirectional",
+    "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals", "noise_seed", "position_limit",
+    "predicting_output", "random_keep", "record_generation_length", "record_mask_id", "recorded_mask_id",
     "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
     "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "SpecialTokens", "start_token_id",
-    "STRATEGIES", "topk_confidence", "training_loss",
+    "STRATEGIES", "tokenizer_problem", "topk_confidence", "training_loss",
 ]

@@ -112,14 +112,16 @@ def add_known_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, config
     return len(tokenizer) > size
 
 
-def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, config: Any = None) -> SpecialTokens:
+def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, config: Any = None,
+                           recorded_mask_id: int | None = None) -> SpecialTokens:
     """Special token ids for a model: tokenizer files win, the published table (docs/design.md#special-tokens) fills the gaps.
 
     ``config`` (the model's) lets the table recognise a model by the shape of its AR base (DiffuGPT-M).
-    Raises UserInputError when no mask token is known, rather than guessing one.
+    ``recorded_mask_id`` (the mask id a checkpoint's config records, ``recorded_mask_id(config)``) comes
+    before the tokenizer's. Raises UserInputError when no mask token is known, rather than guessing one.
     """
     table = known_model(model_type, vocab_size, config)
-    mask_id = _token_id(tokenizer, "mask_token")
+    mask_id = recorded_mask_id if recorded_mask_id is not None else _token_id(tokenizer, "mask_token")
     if mask_id is None:
         mask_id = _lookup_id(tokenizer, DEFAULT_MASK_TOKEN)
     if mask_id is None and table is not None:

@@ -16,7 +16,14 @@ import torch
 from transformers import PreTrainedModel
 
 from ..data import FramingTokens
-from ..ddm import SpecialTokens, add_known_tokens, add_mask_token, load_tokenizer, resolve_special_tokens
+from ..ddm import (
+    SpecialTokens,
+    add_known_tokens,
+    add_mask_token,
+    load_tokenizer,
+    recorded_mask_id,
+    resolve_special_tokens,
+)
 from ..errors import UserInputError
 from ..hparams import ModelArguments
 
@@ -60,13 +67,18 @@ def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialT
     grow_embeddings(model, len(tokenizer))
     if add_known_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config):
         grow_embeddings(model, len(tokenizer))
+
+    def resolve() -> SpecialTokens:
+        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config,
+                                      recorded_mask_id=recorded_mask_id(model.config))
+
     try:
-        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config)
+        return resolve()
     except UserInputError:
         if tokenizer.mask_token is not None or not add_mask_token(tokenizer):
             raise
     grow_embeddings(model, len(tokenizer))
-    return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config)
+    return resolve()
 
 
 def _first(*candidates: int | None) -> int | None:

@@ -1,27 +1,32 @@
 """Checks on the files a run reads and writes, done before anything is loaded or written.
 
 ``get_train_args`` judges the config alone; these look at the disk (and may resolve Hub ids): the output
-folder, dataset files, the model, ``checkpoint_dir``, adapters and ``resume_from_checkpoint``.
+folder (not empty without overwrite, writable), dataset files, the model (readable weights, a window that
+holds ``cutoff_len``), ``checkpoint_dir``, adapters and ``resume_from_checkpoint`` (a complete checkpoint).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import AutoConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data import get_template, has_tokenized_data
 from ..data.registry import check_datasets
-from ..ddm import detect_layout
+from ..ddm import check_window, detect_layout
+from ..ddm.checkpoints.loading import checked_weight_files
 from ..errors import UserInputError
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+from ..utils.files import check_writable_folder
 from ..utils.hub import resolve_checkpoint_dir
+from .checkpoints import resume_checkpoint
 
 
-def check_output_dir(training_args: TrainingArguments) -> None:
+def check_output_dir(training_args: TrainingArguments, resuming: bool) -> None:
     """A non-empty ``output_dir`` is only written into when the config says so."""
     output = Path(training_args.output_dir)
-    if training_args.overwrite_output_dir or training_args.resume_from_checkpoint or not output.is_dir():
+    if training_args.overwrite_output_dir or resuming or not output.is_dir():
         return
     entries = sorted(p.name for p in output.iterdir())
     if entries:
@@ -34,19 +39,28 @@ def check_output_dir(training_args: TrainingArguments) -> None:
 
 def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                      finetuning_args: FinetuningArguments) -> None:
-    check_output_dir(training_args)
-    resume = training_args.resume_from_checkpoint
-    if resume and not Path(resume).is_dir():
-        raise UserInputError(f"resume_from_checkpoint {resume} is not a checkpoint directory")
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args, resuming=resume is not None)
+    check_writable_folder(training_args.output_dir, "output_dir")
     get_template(data_args.template)
     if not has_tokenized_data(data_args.tokenized_path):
         names = data_args.dataset_names + data_args.eval_dataset_names
         check_datasets(names, data_args.dataset_dir, finetuning_args.stage)
     base = resolve_checkpoint_dir(model_args.model_name_or_path, revision=model_args.model_revision)
-    for source in [model_args.checkpoint_dir, *model_args.adapters]:
-        if source:
-            resolve_checkpoint_dir(source)
+    checked_weight_files(base)
+    if model_args.checkpoint_dir:
+        checked_weight_files(resolve_checkpoint_dir(model_args.checkpoint_dir))
+    for adapter in model_args.adapters:
+        resolve_checkpoint_dir(adapter)
+    check_sequence_length(base, data_args, model_args)
     check_zero3_loading(model_args, base, training_args)
+
+
+def check_sequence_length(base: Path, data_args: DataArguments, model_args: ModelArguments) -> None:
+    """``cutoff_len`` must fit the model's position window (checked now, not when step N overflows it)."""
+    if (base / "config.json").is_file():
+        config = AutoConfig.from_pretrained(base, trust_remote_code=model_args.trust_remote_code)
+        check_window(config, data_args.cutoff_len, f"cutoff_len {data_args.cutoff_len}")
 
 
 def check_zero3_loading(model_args: ModelArguments, base: Path, training_args: TrainingArguments) -> None:

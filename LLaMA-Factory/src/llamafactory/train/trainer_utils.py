@@ -10,10 +10,15 @@ from typing import Any
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+from .checkpoints import AtomicCheckpoints, resume_checkpoint
 from .components import RunComponents, prepare_components
 from .plotting import plot_loss
 
 logger = logging.getLogger(__name__)
+
+
+class StageTrainer(AtomicCheckpoints, Seq2SeqTrainer):
+    """The Trainer of the autoregressive stages: HF's, with checkpoints that appear only when complete."""
 
 
 def perplexity(loss: float) -> float:
@@ -26,8 +31,9 @@ def perplexity(loss: float) -> float:
 def run_training(trainer: Trainer, training_args: TrainingArguments, finetuning_args: FinetuningArguments,
                  plot_keys: tuple[str, ...] = ("loss", "eval_loss")) -> None:
     """Train (resuming when asked), save the final model, metrics, state and the loss plot."""
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_final_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -47,7 +53,7 @@ def run_evaluation(trainer: Trainer) -> dict[str, float]:
 
 def run_workflow(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                  finetuning_args: FinetuningArguments, callbacks: list[TrainerCallback] | None = None, *,
-                 trainer_class: type[Trainer] = Seq2SeqTrainer,
+                 trainer_class: type[Trainer] = StageTrainer,
                  trainer_options: Callable[[RunComponents], dict[str, Any]] | None = None,
                  predict: Callable[[Trainer, RunComponents], Any] | None = None,
                  plot_keys: tuple[str, ...] = ("loss", "eval_loss")) -> None:

@@ -2,17 +2,34 @@
 
 Everything is written beside its target under a hidden staging name, flushed to disk and then renamed
 into place (``os.replace`` is atomic within one filesystem). Staging files are created owner-only by
-``tempfile``; they get the permissions of a plain write under the current umask before they appear.
+``tempfile`` (and by transformers' own writers); they get the permissions of a plain write under the
+current umask before they appear. A full disk or an unwritable target met while writing becomes one
+``UserInputError`` line (``storage_errors``) instead of a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from ..errors import UserInputError
+
+# Weight files of a saved model; an earlier save's files that a new one does not rewrite are stale.
+MODEL_WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                         "pytorch_model*.bin", "pytorch_model.bin.index.json")
+# OS errors that mean "this storage cannot take the write", with the words the error line uses.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 def current_umask() -> int:
@@ -83,3 +100,73 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_files(staging: Path, target: Path, *, stale: Iterable[str] = (), last: str = "config.json") -> None:
+    """Move the files of a fully written ``staging`` folder into the existing folder ``target``.
+
+    For a model saved into a folder that also holds other things (checkpoints, logs), where the folder
+    itself cannot be swapped: files matching the ``stale`` patterns that the new save does not replace
+    (shards of an earlier save) are removed first, ``last`` (what marks a model as present) is removed
+    before and moved after every other file, each move is atomic, and ``staging`` is removed at the end.
+    """
+    apply_default_permissions(staging)
+    names = {item.name for item in staging.iterdir()}
+    for pattern in stale:
+        for old in target.glob(pattern):
+            if old.name not in names and old.is_file():
+                old.unlink()
+    (target / last).unlink(missing_ok=True)
+    for item in sorted(staging.iterdir(), key=lambda path: path.name == last):
+        if item.is_dir():
+            replace_directory(item, target / item.name)
+        else:
+            os.replace(item, target / item.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_model(staging: Path, target: Path) -> None:
+    """``publish_files`` for a saved model: weight files of an earlier save that it does not rewrite go."""
+    publish_files(staging, target, stale=MODEL_WEIGHT_PATTERNS)
+
+
+def nearest_existing_folder(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the folder a new ``path`` would be created in)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_writable_folder(path: str | os.PathLike, what: str) -> None:
+    """Fail now, with one line, when ``path`` (a folder, or one still to be created) cannot be written.
+
+    Probes by creating and removing a file, since permission bits say nothing for root or read-only mounts;
+    a folder that does not exist yet is not created here.
+    """
+    folder = nearest_existing_folder(Path(path).absolute())
+    if not folder.is_dir():
+        raise UserInputError(f"{what} {path}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = STORAGE_ERRNOS.get(error.errno, error.strerror or str(error))
+        raise UserInputError(f"{what} {path} is not writable ({reason} in {folder})") from None
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, *, kept: str = "") -> Iterator[None]:
+    """Turn a full disk, exceeded quota or unwritable target met inside the block into one error line.
+
+    ``what`` names what was being written; ``kept`` says what earlier work is still intact.
+    """
+    try:
+        yield
+    except OSError as error:
+        reason = STORAGE_ERRNOS.get(error.errno)
+        if reason is None:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        raise UserInputError(f"cannot write {what}: {reason}{where}" + (f"; {kept}" if kept else "")) from error

@@ -12,14 +12,21 @@ from .layouts import (
     weight_files,
     wrapper_to_hf_keys,
 )
-from .loading import load_causal_lm, load_diffusion_lm, load_tokenizer, load_weights_into
-from .metadata import generation_length, position_limit, record_generation_length
+from .loading import load_causal_lm, load_diffusion_lm, load_tokenizer, load_weights_into, tokenizer_problem
+from .metadata import (
+    check_window,
+    generation_length,
+    position_limit,
+    record_generation_length,
+    record_mask_id,
+    recorded_mask_id,
+)
 from .saving import save_diffusion_checkpoint
 
 __all__ = [
-    "BODY_PREFIX", "EMBED_PREFIX", "Layout", "apply_adapters", "checkpoint_keys", "detect_layout", "is_adapter_dir",
-    "load_adapter",
-    "generation_length", "hf_to_wrapper_keys", "load_causal_lm", "load_diffusion_lm", "load_tokenizer",
-    "load_weights_into", "position_limit", "read_state_dict", "record_generation_length",
-    "save_diffusion_checkpoint", "weight_files", "wrapper_to_hf_keys",
+    "apply_adapters", "BODY_PREFIX", "check_window", "checkpoint_keys", "detect_layout", "EMBED_PREFIX",
+    "generation_length", "hf_to_wrapper_keys", "is_adapter_dir", "Layout", "load_adapter", "load_causal_lm",
+    "load_diffusion_lm", "load_tokenizer", "load_weights_into", "position_limit", "read_state_dict",
+    "record_generation_length", "record_mask_id", "recorded_mask_id", "save_diffusion_checkpoint",
+    "tokenizer_problem", "weight_files", "wrapper_to_hf_keys",
 ]

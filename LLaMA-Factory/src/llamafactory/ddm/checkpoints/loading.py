@@ -1,7 +1,10 @@
 """Released or self-trained diffusion checkpoints (either layout) into a bidirectional causal LM.
 
 Every key mismatch is an error that lists the missing and unexpected keys; only a tied output head may
-be absent (it is the input embedding).
+be absent (it is the input embedding). Weight files are opened (headers only) before any model is built,
+so a corrupt or truncated file, or a config whose vocabulary disagrees with the weights, is one error line.
+A tokenizer that cannot encode text (transformers builds an empty one for a folder without tokenizer
+files) counts as missing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from ...errors import UserInputError
@@ -28,6 +32,11 @@ from .layouts import (
     weight_files,
     wrapper_to_hf_keys,
 )
+from .metadata import recorded_mask_id
+
+# Encoded to check that a tokenizer really tokenizes: any working vocabulary gives several distinct ids.
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog; 0123456789."
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +57,46 @@ def _is_tied_head(model: PreTrainedModel, key: str) -> bool:
     return bool(tied and head is not None and key.endswith("weight") and key.split(".")[0] in {"lm_head"})
 
 
+def checked_weight_files(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a checkpoint's weight files, read from their headers; a damaged file is an error."""
+    try:
+        files = weight_files(directory)
+    except (ValueError, KeyError, OSError) as error:  # an unreadable shard index
+        raise UserInputError(f"{directory}: the weight index cannot be read ({error})") from None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        if not file.is_file():
+            raise UserInputError(f"{directory}: weight file {file.name} named by the index is missing")
+        if file.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+        except (SafetensorError, OSError) as error:
+            raise UserInputError(
+                f"{file} is not a readable safetensors file ({error}); it is truncated or corrupt: "
+                "download or save it again"
+            ) from None
+    return shapes
+
+
+def _check_vocabulary(directory: Path, config: PretrainedConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """An hf-layout embedding must have the ``vocab_size`` rows its config.json declares."""
+    rows = next((shape[0] for key, shape in shapes.items() if key.endswith(_EMBEDDING_SUFFIXES)), None)
+    vocab = getattr(config, "vocab_size", None)
+    if rows is not None and vocab is not None and rows != vocab:
+        raise UserInputError(
+            f"{directory}: config.json says vocab_size {vocab} but the weights' embedding has {rows} rows; "
+            "the config does not belong to these weights (set vocab_size to the embedding's row count)"
+        )
+
+
 def load_weights_into(model: PreTrainedModel, directory: Path) -> None:
     """Load a checkpoint of either layout into an existing model, failing on any key mismatch.
 
     Used for ``checkpoint_dir``: the architecture comes from the base model, the weights from here.
     """
+    checked_weight_files(directory)
     state = read_state_dict(directory)
     if any(is_wrapper_key(k) for k in state):
         state = wrapper_to_hf_keys(state, model)
@@ -86,6 +130,7 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """A released or self-trained diffusion checkpoint (either layout) as a bidirectional causal LM."""
     directory = resolve_checkpoint_dir(name_or_path)
+    shapes = checked_weight_files(directory)
     config = _load_config(directory, base_config, trust_remote_code)
     if detect_layout(directory) == "wrapper":
         state = read_state_dict(directory)
@@ -101,6 +146,7 @@ def load_causal_lm(
         _raise_on_mismatch(directory, missing, list(result.unexpected_keys))
         model.tie_weights()
     else:
+        _check_vocabulary(directory, config, shapes)
         files = weight_files(directory)
         model, info = AutoModelForCausalLM.from_pretrained(
             directory,
@@ -116,16 +162,34 @@ def load_causal_lm(
     return make_bidirectional(model).eval()
 
 
+def tokenizer_problem(tokenizer: Any) -> str | None:
+    """Why ``tokenizer`` cannot encode text (an empty vocabulary, everything one id), or None when it can."""
+    size = len(tokenizer)
+    if size < 2:
+        return f"its vocabulary has {size} token(s)"
+    ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if len(set(ids)) < 2:
+        return f"it encodes a test sentence as {ids[:6]}, not as several distinct ids"
+    return None
+
+
 def load_tokenizer(directory: str | os.PathLike, *, fallback: str | None = None, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's tokenizer, else the base model's (``fallback``)."""
+    """The checkpoint's tokenizer, else the base model's (``fallback``); one that cannot encode text is refused."""
+    reasons = []
     for source in (directory, fallback):
         if source is None:
             continue
         try:
-            return AutoTokenizer.from_pretrained(resolve_checkpoint_dir(source), trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint_dir(source), trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as error:
             logger.debug("no tokenizer in %s: %s", source, error)
-    raise UserInputError(f"no tokenizer found in {directory}" + (f" nor in {fallback}" if fallback else ""))
+            reasons.append(f"{source} has no tokenizer files")
+            continue
+        problem = tokenizer_problem(tokenizer)
+        if problem is None:
+            return tokenizer
+        reasons.append(f"the tokenizer of {source} cannot encode text ({problem}: are its tokenizer files missing?)")
+    raise UserInputError(f"no usable tokenizer: {'; '.join(reasons)}")
 
 
 def load_diffusion_lm(
@@ -144,15 +208,27 @@ def load_diffusion_lm(
     directory = resolve_checkpoint_dir(name_or_path)
     fallback = base_model if isinstance(base_model, str) else None
     if tokenizer is None:
-        tokenizer = load_tokenizer(directory, fallback=fallback, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = load_tokenizer(directory, fallback=fallback, trust_remote_code=trust_remote_code)
+        except UserInputError as error:
+            raise UserInputError(
+                f"{error}. The weights load without a tokenizer, but text in and out needs one: copy the base "
+                "model's tokenizer files into the checkpoint, or name the base model whose tokenizer it uses"
+            ) from None
     model = load_causal_lm(
         directory, base_config=base_model, dtype=dtype, attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
     )
     if adapters:
         model = make_bidirectional(apply_adapters(model, adapters))
-    tokens = resolve_special_tokens(tokenizer, model.config.model_type, model.get_input_embeddings().weight.shape[0],
-                                    config=model.config)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserInputError(
+            f"the tokenizer has {len(tokenizer)} ids but the model {name_or_path} has {rows} embedding rows: "
+            "they do not belong together (use the tokenizer the model was trained with)"
+        )
+    tokens = resolve_special_tokens(tokenizer, model.config.model_type, rows, config=model.config,
+                                    recorded_mask_id=recorded_mask_id(model.config))
     wrapper = DiffusionLM(model, tokens, shift=shift)
     if device is not None:
         wrapper.to(device)

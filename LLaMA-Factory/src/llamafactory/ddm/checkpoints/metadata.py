@@ -1,12 +1,19 @@
-"""What a diffusion checkpoint's ``config.json`` records beyond its AR model: the sampling length.
+"""What a diffusion checkpoint's ``config.json`` records beyond its AR model, and the window it can read.
 
-The released checkpoints keep it where transformers keeps task defaults,
-``task_specific_params["text-generation"]["max_length"]`` (512 DiffuGPT-S, 1024 DiffuGPT-M, 2048 DiffuLLaMA).
+* The sampling length: the released checkpoints keep it where transformers keeps task defaults,
+  ``task_specific_params["text-generation"]["max_length"]`` (512 DiffuGPT-S, 1024 DiffuGPT-M, 2048 DiffuLLaMA).
+* The mask token id (``mask_token_id``), written by the 7B trainer (DiffuLLaMA-training) so that a model saved
+  without tokenizer files still names its mask token; the released checkpoints do not have it.
+* ``check_window``: a sequence longer than the position table fails before any work, not at step N.
 """
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig
+
+from ...errors import UserInputError
+
+MASK_ID_KEY = "mask_token_id"
 
 
 def generation_length(config: PretrainedConfig, default: int = 512) -> int:
@@ -31,3 +38,24 @@ def record_generation_length(config: PretrainedConfig, length: int) -> None:
     params = dict(getattr(config, "task_specific_params", None) or {})
     params["text-generation"] = {**params.get("text-generation", {}), "do_sample": True, "max_length": int(length)}
     config.task_specific_params = params
+
+
+def check_window(config: PretrainedConfig, length: int, what: str) -> None:
+    """Refuse a sequence of ``length`` tokens that the model's position table does not cover."""
+    limit = position_limit(config)
+    if limit is not None and length > limit:
+        raise UserInputError(
+            f"{what} needs {length} positions, more than the {limit} the model covers "
+            f"({config.model_type} max_position_embeddings / n_positions)"
+        )
+
+
+def record_mask_id(config: PretrainedConfig, mask_id: int) -> None:
+    """Store the mask token id the model was trained with in its config."""
+    setattr(config, MASK_ID_KEY, int(mask_id))
+
+
+def recorded_mask_id(config: PretrainedConfig) -> int | None:
+    """The mask token id a checkpoint's config records, if any."""
+    value = getattr(config, MASK_ID_KEY, None)
+    return None if value is None else int(value)

@@ -5,6 +5,7 @@
 * The noise of every micro-batch comes from a generator seeded by (seed, optimiser step, micro-batch,
   process), so a run resumed from a checkpoint draws exactly the noise the uninterrupted run would have.
 * Logs add ``unweighted_loss`` (masked CE without the 1/t weights) and ``anneal_ratio``.
+* checkpoints appear only when complete (``train/checkpoints.py``).
 * ``evaluate`` reports the deterministic ELBO estimate of ``llamafactory.ddm.sequence_nll`` over
   ``diffusion_steps`` levels: ``eval_loss`` (nats per scored token) and ``eval_perplexity``.
 """
@@ -32,12 +33,13 @@ from ...ddm import (
     training_loss,
 )
 from ...hparams import FinetuningArguments
+from ..checkpoints import AtomicCheckpoints
 from ..trainer_utils import perplexity
 
 logger = logging.getLogger(__name__)
 
 
-class DiffusionTrainer(Seq2SeqTrainer):
+class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
     """Seq2SeqTrainer whose loss, logging and evaluation are those of a masked diffusion LM."""
 
     loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean; the Trainer divides by accumulation
