@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,7 +13,11 @@ from ..engine import Decoding, Engine
 
 @dataclass(frozen=True)
 class Settings:
-    """Run-wide evaluation settings (the CLI flags); ``decoding`` fields left None use task defaults."""
+    """Run-wide evaluation settings (the CLI flags); ``decoding`` fields left None use task defaults.
+
+    ``fast_generation`` holds the fast-generation flags the user set (``block_length``, ``cache``, ...),
+    as ``Decoding`` fields; every task applies them.
+    """
 
     seed: int = 0
     diffusion_steps: int = 32
@@ -21,6 +25,7 @@ class Settings:
     top_p: float | None = None
     strategy: str | None = None
     greedy: bool | None = None
+    fast_generation: Mapping[str, Any] = field(default_factory=dict)
     triviaqa_extra_tokens: int = 10
     gsm8k_steps: int = 64
     gsm8k_max_length: int = 256
@@ -31,7 +36,7 @@ class Settings:
         """``base`` (the model family's), then the task's defaults, then any flag the user set."""
         chosen = replace(base, **task_defaults)
         flags = {"temperature": self.temperature, "top_p": self.top_p, "strategy": self.strategy,
-                 "greedy": self.greedy}
+                 "greedy": self.greedy, **self.fast_generation}
         return replace(chosen, **{k: v for k, v in flags.items() if v is not None})
 
 

@@ -16,6 +16,7 @@ from .checkpoints import (
     record_generation_length,
     save_diffusion_checkpoint,
 )
+from .generate import GenerateOutput, generate
 from .model import (
     DiffusionLM,
     align_to_outputs,
@@ -37,8 +38,9 @@ from .noise import (
     sample_noise_level,
     training_loss,
 )
-from .sampling import STRATEGIES, SamplingConfig, SamplingOutput, random_keep, sample, topk_confidence
+from .sampling import SamplingConfig, SamplingOutput, sample
 from .scoring import level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
+from .strategies import STRATEGIES, Step, resolve_rule
 from .tokens import (
     DEFAULT_MASK_TOKEN,
     KNOWN_MODELS,
@@ -54,8 +56,8 @@ __all__ = [
     "DiffusionLoss", "first_predicted_token", "generation_length", "is_bidirectional", "KNOWN_MODELS",
     "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
-    "noise_seed", "position_limit", "predicting_output", "random_keep", "record_generation_length",
-    "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
+    "generate", "GenerateOutput", "noise_seed", "position_limit", "predicting_output", "record_generation_length",
+    "resolve_rule", "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
     "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "SpecialTokens", "start_token_id",
-    "STRATEGIES", "topk_confidence", "training_loss",
+    "Step", "STRATEGIES", "training_loss",
 ]
