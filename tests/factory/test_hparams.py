@@ -106,7 +106,7 @@ def test_conflicting_old_and_new_key():
         ({"anneal_steps": 0}, "anneal_steps must be >= 1"),
         ({"cutoff_len": 3}, "cutoff_len must be >= 4"),
         ({"diffusion_steps": 0}, "diffusion_steps must be >= 1"),
-        ({"logits_temp": 0}, "logits_temp must be > 0"),
+        ({"logits_temp": -1.0}, "logits_temp must be >= 0"),
         ({"topp_temp": 1.5}, "topp_temp must be in"),
         ({"decoding_strategy": "entropy"}, "unknown decoding_strategy"),
         ({"flash_attn": "flash_attention_2"}, "flash_attention_2"),

@@ -52,24 +52,25 @@ class SamplingConfig:
     record_history: bool = False
 
     def validate(self) -> None:
-        """Raise ``UserInputError`` naming the first unusable setting (flag / YAML names in brackets)."""
+        """Raise ``UserInputError`` naming the first unusable setting; the original's four settings are named as
+        its configs and scripts spell them (``diffusion_steps``, ``logits_temp``, ``topp_temp``,
+        ``decoding_strategy``), every other by its field name."""
         checks = [
-            (self.steps >= 1, f"steps (diffusion_steps) must be >= 1, got {self.steps}"),
-            (self.temperature >= 0, f"temperature (logits_temp) must be >= 0 (0 = argmax), got {self.temperature}"),
-            (self.top_p is None or 0 < self.top_p <= 1, f"top_p (topp_temp) must be in (0, 1] or off, got {self.top_p}"),
-            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1 or off, got {self.top_k}"),
+            (self.steps >= 1, f"diffusion_steps must be >= 1, got {self.steps}"),
+            (self.temperature >= 0, f"logits_temp must be >= 0 (0 means argmax), got {self.temperature}"),
+            (self.top_p is None or 0 < self.top_p <= 1, f"topp_temp must be in (0, 1], got {self.top_p}"),
+            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (callable(self.strategy) or self.strategy in STRATEGIES,
-             f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"),
+             f"unknown decoding_strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"),
             (self.confidence in CONFIDENCE_MEASURES,
              f"unknown confidence {self.confidence!r}; expected one of {', '.join(CONFIDENCE_MEASURES)}"),
             (0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}"),
             (self.factor > 0, f"factor must be > 0, got {self.factor}"),
             (self.eb_gamma >= 0, f"eb_gamma must be >= 0, got {self.eb_gamma}"),
-            (self.block_length is None or self.block_length >= 1,
-             f"block_length must be >= 1 or off, got {self.block_length}"),
+            (self.block_length is None or self.block_length >= 1, f"block_length must be >= 1, got {self.block_length}"),
             (self.cache in CACHE_MODES, f"unknown cache {self.cache!r}; expected one of {', '.join(CACHE_MODES)}"),
             (self.cache_refresh is None or self.cache_refresh >= 1,
-             f"cache_refresh must be >= 1 or off (refresh at block starts only), got {self.cache_refresh}"),
+             f"cache_refresh must be >= 1 (leave it unset to refresh at block starts only), got {self.cache_refresh}"),
             (all(int(t) >= 0 for t in self.suppress_tokens), f"suppress_tokens must be token ids, got {self.suppress_tokens}"),
         ]
         for ok, message in checks:
@@ -230,7 +231,7 @@ class _State:
         self.masked = generated.clone()
         self.tokens = torch.where(self.masked, torch.full_like(input_ids, mask_id), input_ids)
         self.final = self.tokens.clone()
-        self.history = [self.final.cpu()] if config.record_history else []
+        self.history = [self.final.to("cpu", copy=True)] if config.record_history else []
         self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each live row
         self.generators = list(generators)
         self.steps_per_block = steps_per_block
@@ -293,7 +294,7 @@ class _State:
         done = self._stop_at_eos() if self.config.stop_at_eos else torch.zeros_like(self.rows, dtype=torch.bool)
         self.final[self.rows] = self.tokens
         if self.config.record_history:
-            self.history.append(self.final.cpu())
+            self.history.append(self.final.to("cpu", copy=True))
         if progress is not None:
             progress(1)
         self._keep(self.masked.any(dim=1) & ~done)
