@@ -109,6 +109,8 @@ def test_conflicting_old_and_new_key():
         ({"logits_temp": -1.0}, "logits_temp must be >= 0"),
         ({"topp_temp": 1.5}, "topp_temp must be in"),
         ({"decoding_strategy": "entropy"}, "unknown decoding_strategy"),
+        ({"threshold": 1.5}, "threshold must be in \\(0, 1\\], got 1.5"),
+        ({"cache": "full"}, "unknown cache 'full'"),
         ({"flash_attn": "flash_attention_2"}, "flash_attention_2"),
         ({"flash_attn": "xformers"}, "unknown flash_attn"),
         ({"finetuning_type": "qlora"}, "unknown finetuning_type"),
