@@ -36,7 +36,8 @@ def _llama_unshifted() -> DiffusionLM:
     return DiffusionLM(tiny_llama(VOCAB), SpecialTokens(mask_id=MASK), shift=False).eval()
 
 
-def _prefixed(prefix_lengths: list[int], length: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def prefixed(prefix_lengths: list[int], length: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose first ``prefix_lengths[row]`` tokens are given, the rest masked."""
     ids = torch.full((len(prefix_lengths), length), MASK)
     src = torch.zeros_like(ids, dtype=torch.bool)
     for row, n in enumerate(prefix_lengths):
@@ -59,13 +60,13 @@ def _seeded(seeds: list[int]) -> list[torch.Generator]:
 
 # name -> (model builder, inputs builder, config fields, generator builder); "confidence" was "topk" then.
 CASES = {
-    "random_sampled": (_gpt2, lambda: _prefixed([2, 5, 9]), dict(steps=10), lambda: _seeded([11, 12, 13])),
-    "random_shared_generator": (_gpt2, lambda: _prefixed([3, 7]), dict(steps=6, temperature=1.3, top_p=None),
+    "random_sampled": (_gpt2, lambda: prefixed([2, 5, 9]), dict(steps=10), lambda: _seeded([11, 12, 13])),
+    "random_shared_generator": (_gpt2, lambda: prefixed([3, 7]), dict(steps=6, temperature=1.3, top_p=None),
                                 lambda: torch.Generator().manual_seed(7)),
-    "confidence_sampled": (_gpt2, lambda: _prefixed([2, 5, 9]),
+    "confidence_sampled": (_gpt2, lambda: prefixed([2, 5, 9]),
                            dict(steps=8, strategy="confidence", temperature=1.0, top_p=None),
                            lambda: _seeded([1, 2, 3])),
-    "confidence_greedy": (_separated_gpt2, lambda: _prefixed([2, 6]),
+    "confidence_greedy": (_separated_gpt2, lambda: prefixed([2, 6]),
                           dict(steps=18, strategy="confidence", greedy=True, top_p=None), lambda: None),
     "random_infill": (_gpt2, _infill, dict(steps=8), lambda: _seeded([4, 5])),
     "confidence_infill_top_p": (_gpt2, _infill, dict(steps=5, strategy="confidence", top_p=0.8),
@@ -90,7 +91,7 @@ def run_case(name: str, legacy: bool = False, **extra) -> list[list[int]]:
 def run_padded_case(legacy: bool = False, **extra) -> list[list[int]]:
     """A right-padded batch whose padding is hidden from attention through a denoiser callable."""
     model = _gpt2()
-    ids, src = _prefixed([4, 2], length=14)
+    ids, src = prefixed([4, 2], length=14)
     ids = torch.cat([ids, torch.full((2, 6), 3)], dim=1)
     src = torch.cat([src, torch.ones(2, 6, dtype=torch.bool)], dim=1)
     keep = torch.cat([torch.ones(2, 14), torch.zeros(2, 6)], dim=1).long()

@@ -16,7 +16,7 @@ from llamafactory.ddm.strategies import (
     original_topk,
 )
 from llamafactory.errors import UserInputError
-from tests.core.sampling_cases import CASES, REFERENCE, run_case, run_padded_case
+from tests.core.sampling_cases import CASES, REFERENCE, prefixed, run_case, run_padded_case
 from tests.tiny import tiny_gpt2, tiny_llama
 
 VOCAB, MASK = 48, 5
@@ -25,15 +25,6 @@ VOCAB, MASK = 48, 5
 @pytest.fixture(scope="module")
 def model() -> DiffusionLM:
     return DiffusionLM(tiny_gpt2(VOCAB), SpecialTokens(mask_id=MASK, bos_id=0)).eval()
-
-
-def _prefixed(prefix_lengths, length=20):
-    ids = torch.full((len(prefix_lengths), length), MASK)
-    src = torch.zeros_like(ids, dtype=torch.bool)
-    for row, n in enumerate(prefix_lengths):
-        ids[row, :n] = torch.arange(10 + row, 10 + row + n)
-        src[row, :n] = True
-    return ids, src
 
 
 def _holes():
@@ -73,7 +64,7 @@ def test_a_padded_batch_through_a_denoiser_callable_reproduces_the_recorded_outp
 def test_every_rule_and_cache_keeps_given_tokens_fills_every_mask_within_the_step_budget(model, strategy, cache,
                                                                                           block_length):
     config = SamplingConfig(steps=6, strategy=strategy, cache=cache, block_length=block_length, record_history=True)
-    for ids, src in (_prefixed([3, 7]), _holes()):
+    for ids, src in (prefixed([3, 7]), _holes()):
         out = sample(model, ids, MASK, config, src_mask=src, generator=_seeded([0, 1]))
         assert torch.equal(out.tokens[src], ids[src])
         assert not (out.tokens == MASK).any()
@@ -84,7 +75,7 @@ def test_every_rule_and_cache_keeps_given_tokens_fills_every_mask_within_the_ste
 
 
 def test_batch_rows_equal_single_runs_with_same_seeds(model):
-    ids, src = _prefixed([2, 5, 9])
+    ids, src = prefixed([2, 5, 9])
     config = SamplingConfig(steps=10)
     batched = sample(model, ids, MASK, config, src_mask=src, generator=_seeded([11, 12, 13])).tokens
     for row, seed in enumerate([11, 12, 13]):
@@ -94,7 +85,7 @@ def test_batch_rows_equal_single_runs_with_same_seeds(model):
 
 
 def test_same_seed_same_output_and_other_seed_differs(model):
-    ids, src = _prefixed([3])
+    ids, src = prefixed([3])
     config = SamplingConfig(steps=8, temperature=1.5, top_p=None)
     first = sample(model, ids, MASK, config, src_mask=src, generator=torch.Generator().manual_seed(5)).tokens
     again = sample(model, ids, MASK, config, src_mask=src, generator=torch.Generator().manual_seed(5)).tokens
@@ -104,7 +95,7 @@ def test_same_seed_same_output_and_other_seed_differs(model):
 
 
 def test_greedy_topk_is_deterministic_without_a_generator(model):
-    ids, src = _prefixed([4])
+    ids, src = prefixed([4])
     config = SamplingConfig(steps=16, greedy=True, strategy="topk")
     assert torch.equal(sample(model, ids, MASK, config, src_mask=src).tokens,
                        sample(model, ids, MASK, config, src_mask=src).tokens)
@@ -112,7 +103,7 @@ def test_greedy_topk_is_deterministic_without_a_generator(model):
 
 @pytest.mark.parametrize("settings", [dict(greedy=True, temperature=1.0), dict(temperature=0.0)])
 def test_one_step_equals_argmax_of_one_forward(model, settings):
-    ids, src = _prefixed([3])
+    ids, src = prefixed([3])
     out = sample(model, ids, MASK, SamplingConfig(steps=1, top_p=None, **settings), src_mask=src)
     noisy = torch.where(src, ids, torch.full_like(ids, MASK))
     logits = model.token_logits(noisy)
@@ -122,7 +113,7 @@ def test_one_step_equals_argmax_of_one_forward(model, settings):
 
 
 def test_history_records_every_step_and_unmasks_monotonically(model):
-    ids, src = _prefixed([2])
+    ids, src = prefixed([2])
     out = sample(model, ids, MASK, SamplingConfig(steps=6, strategy="confidence", record_history=True), src_mask=src)
     assert len(out.history) == 7
     counts = [int((h == MASK).sum()) for h in out.history]
@@ -133,7 +124,7 @@ def test_original_topk_leaves_the_reference_number_of_masks_after_each_step(mode
     """At level t the keep-masked set is every initially maskable position scoring below the (k+1)-th lowest
     fresh score (k = floor(n t / T)); still-masked positions outside it are fixed. Recomputed here from the
     logits the sampler saw, for a fixed model and inputs (greedy: the candidate is the argmax)."""
-    ids, src = _prefixed([3], length=26)
+    ids, src = prefixed([3], length=26)
     seen = []
 
     def recording(tokens):
@@ -221,7 +212,7 @@ def test_a_custom_rule_is_one_function(model):
         fix[torch.arange(step.masked.shape[0]), first] = True
         return fix & step.masked
 
-    ids, src = _prefixed([3])
+    ids, src = prefixed([3])
     out = sample(model, ids, MASK, SamplingConfig(steps=4, strategy=left_to_right, record_history=True), src_mask=src)
     assert not (out.tokens == MASK).any()
     assert (out.history[1] != MASK).sum() == 4  # the prefix plus exactly one fixed token
@@ -303,14 +294,14 @@ def test_works_with_llama_and_unshifted():
     (dict(steps=3, block_length=4), "steps=3 is fewer than the blocks a row needs: block_length=4"),
 ])
 def test_bad_settings_fail_clearly(model, bad, message):
-    ids, src = _prefixed([2])
+    ids, src = prefixed([2])
     with pytest.raises(UserInputError) as error:
         sample(model, ids, MASK, SamplingConfig(**bad), src_mask=src)
     assert str(error.value).startswith(message)
 
 
 def test_a_cache_with_an_annealing_mask_is_refused(model):
-    ids, src = _prefixed([2])
+    ids, src = prefixed([2])
     annealing = torch.zeros(1, 1, ids.shape[1], ids.shape[1])
     with pytest.raises(UserInputError, match="cache='prefix' cannot be used with a 4D \\(annealing\\) attention mask"):
         sample(model, ids, MASK, SamplingConfig(cache="prefix"), src_mask=src, attention_mask=annealing)
@@ -320,7 +311,7 @@ def test_a_cache_with_an_annealing_mask_is_refused(model):
 
 
 def test_padding_width_does_not_change_a_row(model):
-    ids, src = _prefixed([4], length=14)
+    ids, src = prefixed([4], length=14)
     wide = torch.cat([ids, torch.full((1, 6), 3)], dim=1)
     keep = torch.cat([torch.ones(1, 14), torch.zeros(1, 6)], dim=1).long()
     config = SamplingConfig(steps=6)

@@ -73,13 +73,16 @@ def test_scores_and_choices_do_not_depend_on_batch_size(random_diffugpt):
     assert one.metrics == eight.metrics
 
 
-def test_generation_does_not_depend_on_batch_size(random_diffugpt):
+@pytest.mark.parametrize("decoding", [
+    Decoding(temperature=0.95, top_p=0.9, strategy="random"),
+    Decoding(temperature=0.95, top_p=0.9, strategy="confidence", block_length=2, cache="dual"),
+], ids=["one-block", "blocks-dual-cache"])
+def test_generation_does_not_depend_on_batch_size(random_diffugpt, decoding):
     model, tokenizer = random_diffugpt
     requests = [FillRequest(encode_pair(tokenizer, f"the {w} sees the", "")[0], length, [7, 8] if length > 2 else [],
                             steps=steps, seed=index)
                 for index, (w, length, steps) in enumerate([("cat", 3, 4), ("big dog", 5, 4), ("bird", 2, 2),
                                                             ("sun and the moon", 4, 4), ("fish", 1, 2)])]
-    decoding = Decoding(temperature=0.95, top_p=0.9, strategy="random")
     one = DiffusionEngine(model, tokenizer, batch_size=1).fill(requests, decoding, desc="test")
     eight = DiffusionEngine(model, tokenizer, batch_size=8).fill(requests, decoding, desc="test")
     assert one == eight
@@ -172,16 +175,3 @@ def test_fast_generation_flags_reach_every_task_decoding():
     assert flags.decoding(Decoding(temperature=0.9), temperature=1.0, strategy="topk") == \
         Decoding(temperature=1.0, greedy=True, strategy="threshold", block_length=4, cache="dual")
 
-
-def test_blockwise_cached_generation_does_not_depend_on_batch_size(random_diffugpt):
-    model, tokenizer = random_diffugpt
-    requests = [FillRequest(encode_pair(tokenizer, f"the {w} sees the", "")[0], length, [7, 8] if length > 2 else [],
-                            steps=steps, seed=index)
-                for index, (w, length, steps) in enumerate([("cat", 3, 4), ("big dog", 5, 4), ("bird", 2, 2),
-                                                            ("sun and the moon", 4, 4), ("fish", 1, 2)])]
-    decoding = Decoding(temperature=0.95, top_p=0.9, strategy="confidence", block_length=2, cache="dual")
-    one = DiffusionEngine(model, tokenizer, batch_size=1).fill(requests, decoding, desc="test")
-    eight = DiffusionEngine(model, tokenizer, batch_size=8).fill(requests, decoding, desc="test")
-    assert one == eight
-    assert [len(hole) for hole in one] == [3, 5, 2, 4, 1]
-    assert all(model.mask_id not in hole for hole in one)

@@ -53,10 +53,10 @@ from .tokens import (
 __all__ = [
     "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio", "annealed_attention_mask",
     "apply_adapters", "corrupt", "DEFAULT_MASK_TOKEN", "detect_layout", "diffusion_loss", "DiffusionLM",
-    "DiffusionLoss", "first_predicted_token", "generation_length", "is_bidirectional", "KNOWN_MODELS",
-    "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
+    "DiffusionLoss", "first_predicted_token", "generate", "GenerateOutput", "generation_length", "is_bidirectional",
+    "KNOWN_MODELS", "level_masks", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
-    "generate", "GenerateOutput", "noise_seed", "position_limit", "predicting_output", "record_generation_length",
+    "noise_seed", "position_limit", "predicting_output", "record_generation_length",
     "resolve_rule", "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
     "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "SpecialTokens", "start_token_id",
     "Step", "STRATEGIES", "training_loss",
