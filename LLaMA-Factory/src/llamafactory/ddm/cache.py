@@ -68,18 +68,24 @@ class DenoiserCalls:
         if self.cache is not None:
             self.cache.batch_select_indices(rows)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, end - start, vocab]`` logits: row ``j`` predicts the token at column ``start + j``."""
+    def __call__(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``[rows.sum(), end - start, vocab]`` logits of the batch rows flagged in ``rows``: row ``j`` predicts
+        the token at column ``start + j``. Without a cache only those rows run; with one every row runs (its
+        cache must stay whole), and the others are dropped afterwards."""
         width = self.end - self.start
-        if self.model is None:
-            logits = align_to_tokens(self.denoiser(tokens), self.shift)[:, self.start : self.end]
+        if self.model is None:  # a plain callable sees the whole batch it was built for
+            logits = align_to_tokens(self.denoiser(tokens), self.shift)[rows, self.start : self.end]
         else:
             first = int(predicting_output(self.start, self.shift))
-            wanted = torch.arange(first, first + width, device=tokens.device)
             if self.mode == "none":
-                logits = self._forward(tokens, self.attention_mask, torch.arange(tokens.shape[1]), None, wanted)
+                mask = self.attention_mask
+                if mask is not None and mask.shape[0] > 1:
+                    mask = mask[rows]
+                columns = torch.arange(tokens.shape[1], device=tokens.device)
+                wanted = torch.arange(first, first + width, device=tokens.device)
+                logits = self._forward(tokens[rows], mask, mask, columns, None, wanted)
             else:
-                logits = self._cached(tokens, first, width)
+                logits = self._cached(tokens, first, width)[rows]
         self.steps += 1
         return logits
 
@@ -94,17 +100,19 @@ class DenoiserCalls:
             self.cache = DynamicCache(config=self.model.config)
             self.ordered_mask = None if self.attention_mask is None else self.attention_mask[:, order]
             keep = torch.arange(len(outside), len(outside) + width, device=tokens.device)
-            logits = self._forward(tokens, self.ordered_mask, order, self.cache, keep)
+            logits = self._forward(tokens, self.ordered_mask, self.attention_mask, order, self.cache, keep)
         else:
             keep = torch.arange(width, device=tokens.device)
-            logits = self._forward(tokens, self.ordered_mask, window, self.cache, keep)
+            logits = self._forward(tokens, self.ordered_mask, self.attention_mask, window, self.cache, keep)
         self.cache.crop(-len(window))
         return logits
 
-    def _forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, columns: torch.Tensor,
-                 cache: DynamicCache | None, keep: torch.Tensor) -> torch.Tensor:
-        """Run the columns ``columns`` of ``tokens`` (in that order) and return the outputs at ``keep``."""
-        columns = columns.to(tokens.device)
-        positions = position_ids(self.attention_mask, tokens.shape, tokens.device)[:, columns]
+    def _forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, padding: torch.Tensor | None,
+                 columns: torch.Tensor, cache: DynamicCache | None, keep: torch.Tensor) -> torch.Tensor:
+        """Run the columns ``columns`` of ``tokens`` (in that order) and return the outputs at ``keep``.
+
+        ``attention_mask`` is in the order the keys are stored (cache, then ``columns``); ``padding`` in
+        column order, for the position ids."""
+        positions = position_ids(padding, tokens.shape, tokens.device)[:, columns]
         return self.model(input_ids=tokens[:, columns], attention_mask=attention_mask, position_ids=positions,
                           cache=cache, use_cache=cache is not None, logits_to_keep=keep).logits

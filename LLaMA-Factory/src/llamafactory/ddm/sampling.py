@@ -264,12 +264,13 @@ class _State:
     def _step(self, rule: Strategy, left: int, right: int, working: torch.Tensor, steps_left: torch.Tensor,
               budget: torch.Tensor) -> None:
         """One reverse step of the rows in ``working`` over the block ``[left, right)``."""
-        logits = self.calls(self.tokens)
+        logits = self.calls(self.tokens, working)  # the working rows only
         masked = self.masked[:, left:right] & working[:, None]
         maskable = self.block_maskable & working[:, None]
         looked_at = maskable if rule is STRATEGIES["topk"] else masked
         rows, cols = looked_at.nonzero(as_tuple=True)
-        proposal = propose(logits[rows, cols], self.config, self.generators, rows, self.mask_id,
+        among_working = working.long().cumsum(dim=0) - 1
+        proposal = propose(logits[among_working[rows], cols], self.config, self.generators, rows, self.mask_id,
                            with_entropy=rule is STRATEGIES["eb"])
         deciding = (steps_left > 0)[:, None]
         fix = masked & ~deciding
