@@ -14,7 +14,7 @@ Settings: the original recipe (T = n steps over the whole sequence, most confide
 per step, no cache), then blocks of ``--block-length`` with the same one-token schedule, and the parallel
 rules threshold / factor / eb, each with no cache, a prefix cache and a dual cache.
 
-    python benchmarks/bench_generate.py                      # both parts, a few minutes on 2 idle CPU cores
+    python benchmarks/bench_generate.py                      # both parts, about 6 minutes on one CPU thread
     python benchmarks/bench_generate.py --limit 300          # (a) on every held-out record (the README's table)
     python benchmarks/bench_generate.py --limit 20 --skip-gpt2   # a quick look at (a) only
 """
@@ -48,13 +48,13 @@ class Setting:
         return SamplingConfig(steps=steps, temperature=0.0, top_p=None, **self.fields)
 
 
-def settings(block: int, threshold: float, factor: float, eb_gamma: float) -> list[Setting]:
+def settings(block: int, threshold: float, factor: float, eb_gammas: list[float]) -> list[Setting]:
     rows = [Setting("original (T = n, one block)", {"strategy": "confidence"})]
     rules = {
         f"blocks of {block}": {"strategy": "confidence"},
         f"threshold {threshold}": {"strategy": "threshold", "threshold": threshold},
         f"factor {factor}": {"strategy": "factor", "factor": factor},
-        f"eb {eb_gamma}": {"strategy": "eb", "eb_gamma": eb_gamma},
+        **{f"eb {gamma}": {"strategy": "eb", "eb_gamma": gamma} for gamma in eb_gammas},
     }
     for name, fields in rules.items():
         for cache in ("none", "prefix", "dual"):
@@ -211,18 +211,19 @@ def part_b(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=48, help="(a) tokens generated per row (default 48)")
-    parser.add_argument("--limit", type=int, default=100, help="(a) first N records per task (default 100; all: 300)")
+    parser.add_argument("--limit", type=int, default=50, help="(a) first N records per task (default 50; all: 300)")
     parser.add_argument("--batch-size", type=int, default=50, help="(a) rows per batch (default 50)")
     parser.add_argument("--block-length", type=int, default=16, help="(a) block length (default 16)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--factor", type=float, default=1.0)
-    parser.add_argument("--eb-gamma", type=float, default=0.1)
+    parser.add_argument("--eb-gamma", type=float, nargs="+", default=[0.1, 1.0], help="one eb row set per value")
     parser.add_argument("--gpt2-block", type=int, default=32, help="(b) block length (default 32)")
     parser.add_argument("--gpt2-batch", type=int, default=8,
                         help="(b) rows per forward (default 8; one row on a CPU is bound by reading the weights)")
     parser.add_argument("--gpt2-all-blocks", action="store_true", help="(b) measure every block, not 3")
     parser.add_argument("--repeats", type=int, default=3, help="(b) timings per measurement (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: steady timings on a shared machine; more for a quiet one)")
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--skip-gpt2", action="store_true")
     args = parser.parse_args()

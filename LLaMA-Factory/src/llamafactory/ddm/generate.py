@@ -104,8 +104,8 @@ def generate(
         shift=model.shift, record_history=output_history,
     )
     config.validate()
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    input_ids = input_ids.to(model.device)
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(model.device)
     _prompt_lengths(attention_mask)
     width = input_ids.shape[1] + new_tokens
     limit = position_limit(model.config)
