@@ -319,3 +319,14 @@ def test_padding_width_does_not_change_a_row(model):
     padded = sample(model, wide, MASK, config, src_mask=torch.cat([src, torch.zeros(1, 6, dtype=torch.bool)], 1),
                     attention_mask=keep, generator=_seeded([3])).tokens
     assert torch.equal(narrow[0], padded[0, :14]) and torch.equal(padded[0, 14:], wide[0, 14:])
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_rows_starting_at_other_columns_or_with_nothing_to_generate_equal_single_runs(model, cache):
+    ids, src = prefixed([2, 5, 20, 9])  # the third row is given entirely
+    config = SamplingConfig(steps=8, block_length=4, strategy="threshold", cache=cache)
+    batched = sample(model, ids, MASK, config, src_mask=src, generator=_seeded([1, 2, 3, 4]))
+    assert torch.equal(batched.tokens[2], ids[2]) and batched.nfe[2] == 0
+    for row in (0, 1, 3):
+        single = sample(model, ids[row : row + 1], MASK, config, src_mask=src[row : row + 1], generator=_seeded([row + 1]))
+        assert torch.equal(single.tokens[0], batched.tokens[row]) and single.nfe[0] == batched.nfe[row]

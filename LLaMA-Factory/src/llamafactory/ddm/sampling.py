@@ -157,6 +157,54 @@ def _block_steps(generated: torch.Tensor, start: int, block: int, steps: int) ->
     return quota[:, 1:] - quota[:, :-1]
 
 
+@dataclass
+class _Plan:
+    """Where the blocks are: the (possibly realigned) rows, the first generated column, the block width and
+    each row's steps per block."""
+
+    input_ids: torch.Tensor
+    generated: torch.Tensor
+    padding: torch.Tensor | None
+    layout: _Layout | None
+    start: int
+    block: int
+    steps_per_block: torch.Tensor
+
+
+def _plan(input_ids: torch.Tensor, generated: torch.Tensor, padding: torch.Tensor | None, config: SamplingConfig,
+          fill_id: int, full_mask: bool) -> _Plan:
+    """Blocks start at the first generated column; rows that start elsewhere are moved right when blocks or a
+    cache would otherwise cut them differently from a run of that row alone."""
+    length = generated.shape[1]
+    working = generated.any(dim=1)
+    first = torch.where(working, generated.long().argmax(dim=1), length)
+    last = torch.where(working, length - 1 - generated.flip(1).long().argmax(dim=1), -1)
+    start = int(first.min())
+    one_block = config.block_length is None or bool(((last - first + 1) <= config.block_length).all())
+    layout = None
+    if bool((first[working] != start).any()) and (config.cache != "none" or not one_block):
+        if full_mask:
+            raise UserInputError("rows that start generating at different columns cannot be aligned under a 4D "
+                                 "attention mask; use one block and cache=none")
+        start = int(first[working].max())
+        layout = _Layout(offsets=torch.where(working, start - first, 0), width=length)
+        input_ids = layout.align(input_ids, fill_id)
+        padding = layout.align(torch.ones_like(generated) if padding is None else padding, False)
+        generated = layout.align(generated, False)
+        length = input_ids.shape[1]
+    block = max(length - start, 1) if one_block else config.block_length
+    steps_per_block = _block_steps(generated, start, block, config.steps)
+    holds = _blocks(generated, start, block) > 0
+    if bool(((steps_per_block == 0) & holds).any()):
+        raise UserInputError(
+            f"steps={config.steps} is fewer than the blocks a row needs: block_length={block} cuts a row's generated "
+            f"span into {int(holds.sum(dim=1).max())} blocks; raise steps or block_length"
+        )
+    if padding is not None and bool(padding.all()):
+        padding = None
+    return _Plan(input_ids, generated, padding, layout, start, block, steps_per_block)
+
+
 @torch.no_grad()
 def sample(
     denoiser: DiffusionLM | Denoiser,
@@ -178,63 +226,36 @@ def sample(
     batch-independent results. ``progress`` is called after each step.
     """
     config.validate()
-    rule = config.rule()
-    batch_size, length = input_ids.shape
-    generators = _generators(generator, batch_size)
     full_mask = attention_mask is not None and attention_mask.dim() == 4
     if full_mask and config.cache != "none":
         raise UserInputError(f"cache={config.cache!r} cannot be used with a 4D (annealing) attention mask; use cache=none")
     padding = None if attention_mask is None or full_mask else attention_mask.bool()
     generated = ~_given_positions(input_ids, src_mask, padding, config.shift, mask_id)
-    working = generated.any(dim=1)
-    first = torch.where(working, generated.long().argmax(dim=1), length)
-    last = torch.where(working, length - 1 - generated.flip(1).long().argmax(dim=1), -1)
-    start = int(first.min())
-    one_block = config.block_length is None or bool(((last - first + 1) <= config.block_length).all())
-    layout = None
-    if bool((first[working] != start).any()) and (config.cache != "none" or not one_block):
-        if full_mask:
-            raise UserInputError("rows that start generating at different columns cannot be aligned under a 4D "
-                                 "attention mask; use one block and cache=none")
-        layout = _Layout(offsets=torch.where(working, first.max() - first, 0), width=length)
-        input_ids = layout.align(input_ids, 1 if mask_id == 0 else 0)
-        padding = layout.align(torch.ones_like(generated) if padding is None else padding, False)
-        generated = layout.align(generated, False)
-        start, length = int(first[working].max()), input_ids.shape[1]
-    block = max(length - start, 1) if one_block else config.block_length
-    steps_per_block = _block_steps(generated, start, block, config.steps)
-    holds = _blocks(generated, start, block) > 0
-    if bool(((steps_per_block == 0) & holds).any()):
-        raise UserInputError(
-            f"steps={config.steps} is fewer than the blocks a row needs: block_length={block} cuts a row's generated "
-            f"span into {int(holds.sum(dim=1).max())} blocks; raise steps or block_length"
-        )
-    if padding is not None and bool(padding.all()):
-        padding = None
-    state = _State(denoiser, input_ids, generated, attention_mask if full_mask else padding, generators, mask_id,
-                   config, steps_per_block)
-    state.run(rule, start, block, progress)
+    plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask)
+    state = _State(denoiser, plan, attention_mask if full_mask else plan.padding,
+                   _generators(generator, input_ids.shape[0]), mask_id, config)
+    state.run(config.rule(), plan.start, plan.block, progress)
     tokens, history = state.final, state.history
-    if layout is not None:
-        tokens = layout.restore(tokens)
-        history = [layout.restore(h) for h in history]
+    if plan.layout is not None:
+        tokens = plan.layout.restore(tokens)
+        history = [plan.layout.restore(h) for h in history]
     return SamplingOutput(tokens=tokens, history=history, nfe=state.nfe)
 
 
 class _State:
     """The rows still being generated, their tokens and masks; finished rows are written to ``final``."""
 
-    def __init__(self, denoiser, input_ids, generated, attention_mask, generators, mask_id, config,
-                 steps_per_block) -> None:
+    def __init__(self, denoiser: DiffusionLM | Denoiser, plan: _Plan, attention_mask: torch.Tensor | None,
+                 generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig) -> None:
         self.config, self.mask_id = config, mask_id
-        self.generated = generated
-        self.masked = generated.clone()
+        input_ids, self.generated = plan.input_ids, plan.generated
+        self.masked = self.generated.clone()
         self.tokens = torch.where(self.masked, torch.full_like(input_ids, mask_id), input_ids)
         self.final = self.tokens.clone()
         self.history = [self.final.to("cpu", copy=True)] if config.record_history else []
         self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each live row
-        self.generators = list(generators)
-        self.steps_per_block = steps_per_block
+        self.generators = generators
+        self.steps_per_block = plan.steps_per_block
         self.block_maskable = self.masked[:, :0]
         self.nfe = torch.zeros(input_ids.shape[0], dtype=torch.long)
         self.calls = DenoiserCalls(denoiser, mode=config.cache, shift=config.shift, attention_mask=attention_mask,
