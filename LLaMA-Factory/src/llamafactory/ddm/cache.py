@@ -36,6 +36,11 @@ def position_ids(attention_mask: torch.Tensor | None, shape: torch.Size, device:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def _rows(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """The rows ``rows`` of a per-row mask (a mask shared by the batch, or none, stays as it is)."""
+    return mask if mask is None or mask.shape[0] == 1 else mask[rows]
+
+
 class DenoiserCalls:
     """Logits for the tokens of the current block ``[start, end)``, one call per reverse step.
 
@@ -61,51 +66,52 @@ class DenoiserCalls:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every batch row not in ``rows`` (finished rows leave the forward batch)."""
-        if self.attention_mask is not None and self.attention_mask.shape[0] > 1:
-            self.attention_mask = self.attention_mask[rows]
-        if self.ordered_mask is not None:
-            self.ordered_mask = self.ordered_mask[rows]
+        self.attention_mask = _rows(self.attention_mask, rows)
+        self.ordered_mask = _rows(self.ordered_mask, rows)
         if self.cache is not None:
             self.cache.batch_select_indices(rows)
 
     def __call__(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``[rows.sum(), end - start, vocab]`` logits of the batch rows flagged in ``rows``: row ``j`` predicts
-        the token at column ``start + j``. Without a cache only those rows run; with one every row runs (its
-        cache must stay whole), and the others are dropped afterwards."""
+        the token at column ``start + j``. Only those rows run, except in a refresh, which rebuilds the cache
+        of every row."""
         width = self.end - self.start
         if self.model is None:  # a plain callable sees the whole batch it was built for
             logits = align_to_tokens(self.denoiser(tokens), self.shift)[rows, self.start : self.end]
         else:
             first = int(predicting_output(self.start, self.shift))
             if self.mode == "none":
-                mask = self.attention_mask
-                if mask is not None and mask.shape[0] > 1:
-                    mask = mask[rows]
+                padding = _rows(self.attention_mask, rows)
                 columns = torch.arange(tokens.shape[1], device=tokens.device)
                 wanted = torch.arange(first, first + width, device=tokens.device)
-                logits = self._forward(tokens[rows], mask, mask, columns, None, wanted)
+                logits = self._forward(tokens[rows], padding, padding, columns, None, wanted)
             else:
-                logits = self._cached(tokens, first, width)[rows]
+                logits = self._cached(tokens, rows, first, width)
         self.steps += 1
         return logits
 
-    def _cached(self, tokens: torch.Tensor, first: int, width: int) -> torch.Tensor:
+    def _cached(self, tokens: torch.Tensor, rows: torch.Tensor, first: int, width: int) -> torch.Tensor:
         length = tokens.shape[1]
         window_end = length if self.mode == "prefix" else self.end
         window = torch.arange(first, window_end, device=tokens.device)
-        refresh = self.cache is None or (self.refresh_every is not None and self.steps % self.refresh_every == 0)
-        if refresh:
+        if self.cache is None or (self.refresh_every is not None and self.steps % self.refresh_every == 0):
             outside = torch.cat([torch.arange(0, first), torch.arange(window_end, length)]).to(tokens.device)
             order = torch.cat([outside, window])
             self.cache = DynamicCache(config=self.model.config)
             self.ordered_mask = None if self.attention_mask is None else self.attention_mask[:, order]
             keep = torch.arange(len(outside), len(outside) + width, device=tokens.device)
-            logits = self._forward(tokens, self.ordered_mask, self.attention_mask, order, self.cache, keep)
-        else:
-            keep = torch.arange(width, device=tokens.device)
+            logits = self._forward(tokens, self.ordered_mask, self.attention_mask, order, self.cache, keep)[rows]
+            self.cache.crop(-len(window))
+            return logits
+        keep = torch.arange(width, device=tokens.device)
+        if bool(rows.all()):
             logits = self._forward(tokens, self.ordered_mask, self.attention_mask, window, self.cache, keep)
-        self.cache.crop(-len(window))
-        return logits
+            self.cache.crop(-len(window))
+            return logits
+        # Rows that wait for the others to finish the block stay out: a copy of the working rows' cache runs.
+        subset = DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, _ in self.cache])
+        return self._forward(tokens[rows], _rows(self.ordered_mask, rows), _rows(self.attention_mask, rows), window,
+                             subset, keep)
 
     def _forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, padding: torch.Tensor | None,
                  columns: torch.Tensor, cache: DynamicCache | None, keep: torch.Tensor) -> torch.Tensor:
