@@ -11,6 +11,7 @@ Kept so that code written against the original project runs unchanged::
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from llamafactory.ddm import (
     DiffusionLM,
     SamplingConfig,
+    first_predicted_token,
     load_causal_lm,
     load_tokenizer,
     recorded_mask_id,
@@ -28,6 +30,10 @@ from llamafactory.ddm import (
 )
 
 logger = logging.getLogger(__name__)
+
+# SamplingConfig fields an ``args`` namespace may set beyond the original four.
+_SAMPLER_FIELDS = tuple(f.name for f in fields(SamplingConfig)
+                        if f.name not in {"steps", "temperature", "top_p", "shift", "record_history"})
 
 
 class DiscreteDiffusionModel(DiffusionLM):
@@ -68,7 +74,7 @@ class DiscreteDiffusionModel(DiffusionLM):
         dtype: torch.dtype | None = None,
         attn_implementation: str = "sdpa",
         shift: bool = True,
-    ) -> "DiscreteDiffusionModel":
+    ) -> DiscreteDiffusionModel:
         """Load a DiffuGPT / DiffuLLaMA checkpoint (local directory or Hub id) of either released layout.
 
         The checkpoint's own config wins; ``config`` (or the base ``model`` name) is only used when the
@@ -86,12 +92,14 @@ class DiscreteDiffusionModel(DiffusionLM):
 def generate_samples(
     model: DiffusionLM, args: Any, tokenizer: Any, inputs: dict[str, torch.Tensor], verbose: bool = False
 ) -> torch.Tensor:
-    """Sample with the original argument names; returns the token ids ``[batch, length]``.
+    """Sample with the original argument names; returns what the original returned: the token ids without
+    position 0 under shift (``[batch, length - 1]``), all of them otherwise.
 
-    ``args`` needs ``diffusion_steps``, ``logits_temp``, ``topp_temp`` and ``shift``; optional ``strategy``
-    (``random`` or ``topk``), ``greedy`` and ``seed``. ``inputs`` holds ``input_ids`` and optionally
-    ``src_mask`` (True/1 = given token); without it every token is generated except token 0, which
-    becomes BOS under the shift. With ``verbose`` each step's text is logged.
+    ``args`` needs ``diffusion_steps``, ``logits_temp``, ``topp_temp`` (None: off) and ``shift``; any other
+    ``SamplingConfig`` field it has is used too (``strategy``, ``greedy``, ``block_length``, ``cache``, ...),
+    and ``seed`` seeds the draws. ``inputs`` holds ``input_ids`` and optionally ``src_mask`` (True/1 = given
+    token); without it every token is generated except token 0, which becomes the start token under the
+    shift (README: differences from the original). With ``verbose`` each step's text is logged.
     """
     input_ids = torch.as_tensor(inputs["input_ids"]).to(model.device)
     src_mask = inputs.get("src_mask")
@@ -101,19 +109,18 @@ def generate_samples(
         # Unconditional call: everything is generated except token 0, which the shift never predicts.
         input_ids = input_ids.clone()
         input_ids[:, 0] = start_token_id(tokenizer)
+    extra = {name: getattr(args, name) for name in _SAMPLER_FIELDS if getattr(args, name, None) is not None}
     config = SamplingConfig(
         steps=int(args.diffusion_steps),
         temperature=float(args.logits_temp),
         top_p=None if getattr(args, "topp_temp", None) is None else float(args.topp_temp),
-        greedy=bool(getattr(args, "greedy", False)),
-        strategy=getattr(args, "strategy", "random"),
         shift=bool(args.shift),
         record_history=verbose,
+        **extra,
     )
     seed = getattr(args, "seed", None)
     generator = torch.Generator(model.device).manual_seed(int(seed)) if seed is not None else None
     output = sample(model, input_ids, model.mask_id, config, src_mask=src_mask, generator=generator)
     for step, tokens in enumerate(output.history):
         logger.info("step %d: %s", step, tokenizer.decode(tokens[0].tolist()))
-    return output.tokens
-
+    return output.tokens[:, first_predicted_token(config.shift) :]

@@ -18,9 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from llamafactory.ddm import DiffusionLM, SamplingConfig, SpecialTokens, sample
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args, **kwargs)
     return time.perf_counter() - start
 
 
@@ -49,10 +49,9 @@ def main() -> None:
             config = SamplingConfig(steps=args.steps, temperature=0.95, top_p=top_p)
             ratios = []
             for repeat in range(args.repeats):
-                forward = statistics.median(_timed(lambda: model(ids)) for _ in range(3))
+                forward = statistics.median(_timed(model, ids) for _ in range(3))
                 calls.clear()
-                total = _timed(lambda: sample(denoiser, ids, 10541, config,
-                                              generator=torch.Generator().manual_seed(repeat)))
+                total = _timed(sample, denoiser, ids, 10541, config, generator=torch.Generator().manual_seed(repeat))
                 ratios.append(total / (len(calls) * forward))
             rows.append((label, forward, statistics.median(ratios)))
     print(f"GPT-2 small (124M), length {args.length}, T={args.steps}, {args.threads} threads, CPU")

@@ -27,8 +27,8 @@ from llamafactory.command_line import (
     run_command,
 )
 from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
-from llamafactory.ddm.sampling import STRATEGIES
 from llamafactory.errors import UserInputError
+from llamafactory.sampler_flags import add_sampler_arguments, fast_generation_settings
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
 from .ar_engine import AutoregressiveEngine
@@ -52,6 +52,10 @@ class Family:
     base_model_name: str | None = None
     logits_temp: float = 0.95
     gsm8k_temp: float = 1.0
+
+    def decoding(self) -> Decoding:
+        """The family's sampler defaults, before task defaults and flags."""
+        return Decoding(temperature=self.logits_temp)
 
 
 DIFFUGPT = Family("Evaluate a DiffuGPT checkpoint on the paper's benchmarks.", "diffusion",
@@ -96,9 +100,9 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
                               help=f"sampling temperature (default {family.logits_temp}; LAMBADA 1.0, "
                                    f"GSM8K {family.gsm8k_temp})")
         sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default: none, as the original)")
-        sampling.add_argument("--strategy", choices=sorted(STRATEGIES), default=None,
-                              help="positions fixed per step (default topk, the original evaluation's)")
         add_bool_flag(sampling, "--greedy", None, "argmax instead of sampling (default false; GSM8K true)")
+        add_sampler_arguments(sampling, strategy_default=None,
+                              strategy_help="positions fixed per step (default topk, the original evaluation's)")
         sampling.add_argument("--gsm8k_steps", type=int, default=64, help="T for GSM8K")
         sampling.add_argument("--scorer", choices=ESTIMATORS, default="original",
                               help="multiple-choice likelihood estimator: original (each token masked with "
@@ -132,11 +136,6 @@ def _check(args: argparse.Namespace) -> None:
         raise UserInputError(f"--gsm8k_max_length must be >= 8, got {args.gsm8k_max_length}")
     if args.code_timeout <= 0:
         raise UserInputError(f"--code_timeout must be > 0, got {args.code_timeout}")
-    temperature, top_p = getattr(args, "logits_temp", None), getattr(args, "topp_temp", None)
-    if temperature is not None and temperature <= 0:
-        raise UserInputError(f"--logits_temp must be > 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserInputError(f"--topp_temp must be in (0, 1], got {top_p}")
 
 
 def settings_from(args: argparse.Namespace, family: Family) -> Settings:
@@ -145,9 +144,9 @@ def settings_from(args: argparse.Namespace, family: Family) -> Settings:
         temperature=getattr(args, "logits_temp", None), top_p=getattr(args, "topp_temp", None),
         strategy=getattr(args, "strategy", None), greedy=getattr(args, "greedy", None),
         scorer=getattr(args, "scorer", "original"), prompt_format=args.prompt_format,
-        triviaqa_extra_tokens=args.triviaqa_extra_tokens, gsm8k_steps=getattr(args, "gsm8k_steps", 64),
-        gsm8k_max_length=args.gsm8k_max_length, gsm8k_temperature=family.gsm8k_temp,
-        code_timeout=args.code_timeout, code_workers=args.code_workers,
+        fast_generation=fast_generation_settings(args), triviaqa_extra_tokens=args.triviaqa_extra_tokens,
+        gsm8k_steps=getattr(args, "gsm8k_steps", 64), gsm8k_max_length=args.gsm8k_max_length,
+        gsm8k_temperature=family.gsm8k_temp, code_timeout=args.code_timeout, code_workers=args.code_workers,
     )
 
 
@@ -161,8 +160,7 @@ def load_engine(family: Family, args: argparse.Namespace) -> Engine:
             args.model_name, base_model=args.base_model_name, adapters=args.adapter, dtype=dtype,
             attn_implementation=args.flash_attn, device=device, trust_remote_code=args.trust_remote_code,
         )
-        decoding = Decoding(temperature=family.logits_temp)
-        return DiffusionEngine(model, tokenizer, batch_size=args.batch_size, decoding=decoding)
+        return DiffusionEngine(model, tokenizer, batch_size=args.batch_size, decoding=family.decoding())
     return AutoregressiveEngine(*load_causal_baseline(args, device, dtype), batch_size=args.batch_size)
 
 
@@ -190,13 +188,16 @@ def _default_output_dir(model_name: str) -> Path:
 
 def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
     _check(args)
+    settings = settings_from(args, family)
+    if family.kind == "diffusion":
+        settings.decoding(family.decoding()).validate()
     tasks = select_tasks(args.tasks)
     examples = load_examples(tasks, DataSource(args.data_dir), args.limit)
     output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args.model_name)
     config = {key: value for key, value in vars(args).items()}
     check_results_dir(output_dir, family.kind, config)
     engine = load_engine(family, args)
-    summary = run_tasks(engine, tasks, examples, settings_from(args, family), output_dir=output_dir,
+    summary = run_tasks(engine, tasks, examples, settings, output_dir=output_dir,
                         model=Path(str(args.model_name)).name or str(args.model_name), config=config)
     print(summary["table"])
     print(f"results: {output_dir / 'results.json'}")

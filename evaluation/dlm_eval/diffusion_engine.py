@@ -1,16 +1,17 @@
 """Diffusion LMs as an evaluation engine: the core likelihood scorer and the core reverse-diffusion sampler.
 
 Scoring batches every (example, choice, noise level) row at once through ``score_continuations``.
-Filling batches requests of equal ``steps``; rows are right-padded with padding hidden from attention
-and held fixed, and each row samples from its own generator, so a row's tokens do not depend on the
-batch size or on what else is in its batch.
+Filling batches requests of equal ``steps``; rows are right-padded with padding hidden from attention and
+never generated (the core sampler aligns rows on their first generated column when blocks or a cache need
+it), and each row samples from its own generator, so a row's tokens do not depend on the batch size or on
+what else is in its batch.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,11 +28,11 @@ class DiffusionEngine:
     kind = "diffusion"
 
     def __init__(self, model: DiffusionLM, tokenizer: Any, *, batch_size: int = 32,
-                 decoding: Decoding = Decoding()) -> None:
+                 decoding: Decoding | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.decoding = decoding
+        self.decoding = decoding if decoding is not None else Decoding()
         self.max_length = window(model.config)
         tokens = model.tokens
         self.eos_ids = frozenset(i for i in (tokens.eos_id, tokens.pad_id) if i is not None)
@@ -56,8 +57,7 @@ class DiffusionEngine:
         total = sum(steps * -(-len(members) // self.batch_size) for steps, members in groups.items())
         with tqdm(total=total, desc=desc, unit="step") as bar:
             for steps, members in sorted(groups.items()):
-                config = SamplingConfig(steps=steps, temperature=decoding.temperature, top_p=decoding.top_p,
-                                        greedy=decoding.greedy, strategy=decoding.strategy, shift=self.model.shift)
+                config = replace(decoding, steps=steps, shift=self.model.shift)
                 config.validate()
                 members = sorted(members, key=lambda i: len(fitted[i][0]) + fitted[i][1] + len(fitted[i][2]))
                 for start in range(0, len(members), self.batch_size):
@@ -81,10 +81,9 @@ class DiffusionEngine:
             given[b, len(prefix) : len(prefix) + length] = False
             keep[b, :end] = 1
         attention = None if bool(keep.all()) else keep.to(device)
-        denoiser = functools.partial(self.model, attention_mask=attention)
         generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-        output = sample(denoiser, ids.to(device), self.model.mask_id, config, src_mask=given.to(device),
-                        generator=generators, progress=progress)
+        output = sample(self.model, ids.to(device), self.model.mask_id, config, src_mask=given.to(device),
+                        attention_mask=attention, generator=generators, progress=progress)
         tokens = output.tokens.cpu()
         return [tokens[b, len(p) : len(p) + n].tolist() for b, (p, n, _, _) in enumerate(rows)]
 

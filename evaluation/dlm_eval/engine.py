@@ -7,23 +7,16 @@ sampler) and :class:`~dlm_eval.ar_engine.AutoregressiveEngine` (AR baselines).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from transformers import PretrainedConfig
 
+from llamafactory.ddm import SamplingConfig
 
-@dataclass(frozen=True)
-class Decoding:
-    """How a diffusion sampler picks tokens (docs/design.md#sampling); AR baselines always decode greedily."""
-
-    temperature: float = 0.95
-    top_p: float | None = 0.9
-    strategy: str = "random"
-    greedy: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# How a diffusion sampler picks tokens: the core's settings (docs/design.md#sampling), one per model family and
+# task; its ``steps`` are taken from each FillRequest. AR baselines always decode greedily.
+Decoding = SamplingConfig
 
 
 @dataclass(frozen=True)

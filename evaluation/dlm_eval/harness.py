@@ -15,7 +15,9 @@ so a plain ``lm_eval`` process would not know the name.
   ``is_greedy`` says whether one greedy denoising step over the fully masked continuation reproduces it.
 * ``loglikelihood_rolling``: minus the core's deterministic ELBO estimate of the text's NLL (nats).
 * ``generate_until``: ``max_gen_toks`` masked positions after the context, filled by the core sampler
-  with ``sampling_steps`` steps, cut at the first stop sequence.
+  with ``sampling_steps`` steps and the sampler keys of ``--model_args`` (``strategy``, ``block_length``,
+  ``threshold``, ``cache``, ``stop_at_eos``, ...; docs/design.md#fast-generation), cut at the first stop
+  sequence.
 """
 
 from __future__ import annotations
@@ -54,15 +56,22 @@ class DiffLLM(LM):
                  batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, sampling_steps: int = 64,
                  max_gen_toks: int = 128, logits_temp: float = 0.95, topp_temp: float = 0.9,
                  strategy: str = "random", greedy: bool = False, scorer: str = "original",
+                 confidence: str = Decoding.confidence, block_length: int | None = Decoding.block_length,
+                 threshold: float = Decoding.threshold, factor: float = Decoding.factor,
+                 eb_gamma: float = Decoding.eb_gamma, cache: str = Decoding.cache,
+                 cache_refresh: int | None = Decoding.cache_refresh, stop_at_eos: bool = Decoding.stop_at_eos,
                  trust_remote_code: bool = False, max_batch_size: int | None = None) -> None:
         super().__init__()
+        decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy,
+                            confidence=confidence, block_length=block_length, threshold=threshold, factor=factor,
+                            eb_gamma=eb_gamma, cache=cache, cache_refresh=cache_refresh, stop_at_eos=stop_at_eos)
+        decoding.validate()
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer = load_diffusion_lm(
             pretrained, base_model=base_model, adapters=[a for a in (adapters or "").split(":") if a],
             dtype=resolve_dtype(dtype, target),
             attn_implementation=attn_implementation, device=target, trust_remote_code=trust_remote_code,
         )
-        decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy)
         self.engine = DiffusionEngine(model, tokenizer, batch_size=_batch_size(batch_size), decoding=decoding)
         self._device = target
         self.diffusion_steps, self.sampling_steps = int(diffusion_steps), int(sampling_steps)

@@ -48,7 +48,9 @@ def test_original_from_pretrained_and_generate_samples(checkpoints, name):
     logits = model(ids, attention_mask=None)
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     out = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src}, verbose=True)
-    assert torch.equal(out[:, :3], ids[:, :3]) and not (out == model.mask_id).any()
+    # As the original: position 0 (never predicted under shift) is dropped, so the result has length L - 1.
+    assert out.shape == (1, ids.shape[1] - 1)
+    assert torch.equal(out[:, :2], ids[:, 1:3]) and not (out == model.mask_id).any()
     again = generate_samples(model, _args(), tokenizer, {"input_ids": ids, "src_mask": src})
     assert torch.equal(out, again)
 
@@ -63,7 +65,10 @@ def test_original_constructor_from_a_llama_instance(checkpoints):
     assert model.config.is_causal is False and model.mask_id == tokenizer.mask_token_id
     out = generate_samples(model, _args(diffusion_steps=4, logits_temp=0.9), tokenizer,
                            {"input_ids": torch.full((2, 12), model.mask_id)})
-    assert not (out == model.mask_id).any()
+    assert out.shape == (2, 11) and not (out == model.mask_id).any()
+    unshifted = generate_samples(model, _args(diffusion_steps=4, shift=False), tokenizer,
+                                 {"input_ids": torch.full((2, 12), model.mask_id)})
+    assert unshifted.shape == (2, 12)
 
 
 def test_attention_patch_changes_nothing_global():
@@ -157,3 +162,32 @@ def test_the_script_itself_exits_2_with_one_error_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         f"error: checkpoint directory {tmp_path / 'missing'} does not exist"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "1.5"], "error: threshold must be in (0, 1], got 1.5"),
+    (["--block_length", "0"], "error: block_length must be >= 1, got 0"),
+    (["--logits_temp", "-1"], "error: logits_temp must be >= 0 (0 means argmax), got -1.0"),
+    (["--cache_refresh", "0"], "error: cache_refresh must be >= 1"),
+])
+def test_bad_sampler_flags_are_one_line_before_any_model_loads(flags, message, capsys):
+    from llamafactory.quickstart import main
+
+    # The checkpoint does not exist: reaching the loader would give another error.
+    assert main(DIFFUGPT, ["--model_name", "/nonexistent/model", *flags]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(message)
+
+
+def test_fast_generation_flags_print_nfe_and_speed(checkpoints, capsys):
+    from llamafactory.quickstart import main
+
+    argv = ["--model_name", str(checkpoints / "s"), "--device", "cpu", "--gen_len", "20", "--diffusion_steps", "16",
+            "--num_samples", "2", "--prompt", "the cat", "--block_length", "4", "--strategy", "threshold",
+            "--threshold", "0.5", "--cache", "dual", "--stop_at_eos", "--greedy"]
+    assert main(DIFFUGPT, argv) == 0
+    out = capsys.readouterr().out
+    reports = [line for line in out.splitlines() if line.startswith("(NFE per sample:")]
+    assert len(reports) == 2 and all("tokens/s)" in line for line in reports)
+    nfe = [int(n) for n in reports[1].split(":")[1].split(";")[0].split(",")]
+    assert len(nfe) == 2 and all(1 <= n <= 16 for n in nfe)

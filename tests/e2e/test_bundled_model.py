@@ -55,7 +55,7 @@ def test_infilling_reproduces_the_reported_accuracy(bundled, synthetic, compare)
     encoder = compare.Encoder(tokenizer)
     examples = [encoder.infill({"kind": r.kind, "prefix": r.prefix, "middle": r.middle, "suffix": r.suffix})
                 for r in test_set]
-    generate = compare.diffusion_generate(model, None, "topk")
+    generate = compare.diffusion_generate(model, None, "confidence")
     hits, _ = compare.exact_match(generate, examples, tokenizer.eos_token_id, 128, "infill")
     accuracy = compare.percent(hits)
     assert abs(accuracy - reported["diffusion (ddm) | T = n tokens"]["infill"]) <= 3

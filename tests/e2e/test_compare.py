@@ -90,7 +90,7 @@ def test_diffusion_fills_only_the_masked_span(compare, tiny_model, pipeline_toke
     model = DiffusionLM(copy.deepcopy(tiny_model), SpecialTokens(mask_id=pipeline_tokenizer.mask_token_id))
     examples = [compare.Example("x", (1, 10, 11), (12, 13, 14), (15, 1)) for _ in range(2)]
     for steps in (1, None):
-        spans = compare.diffusion_generate(model, steps, "topk")(examples)
+        spans = compare.diffusion_generate(model, steps, "confidence")(examples)
         assert all(len(span) == 3 and model.mask_id not in span for span in spans)
 
 
@@ -116,7 +116,7 @@ def test_a_perfect_denoiser_scores_full_marks_at_every_step_count(compare):
     example = compare.Example("x", (1, 10, 11), (12, 13, 14), (15, 1))
     oracle = _Oracle(list(example.before + example.target + example.after), vocab=20, mask_id=19)
     for steps in (1, 2, None):
-        hits, spans = compare.exact_match(compare.diffusion_generate(oracle, steps, "topk"), [example] * 3, 1, 8, "t")
+        hits, spans = compare.exact_match(compare.diffusion_generate(oracle, steps, "confidence"), [example] * 3, 1, 8, "t")
         assert hits == [True] * 3 and spans[0] == example.target
 
 

@@ -78,7 +78,9 @@ def test_rocstories_defaults_to_the_papers_first_thousand(tmp_path):
     (["--tasks", "hellaswag,mmlu"], "error: unknown task(s) mmlu; expected 'all' or names from: triviaqa"),
     (["--tasks", "piqa", "--data_dir", "."], "error: task piqa: none of valid.jsonl found under"),
     (["--tasks", "piqa", "--limit", "0"], "error: --limit must be >= 1, got 0"),
-    (["--tasks", "piqa", "--topp_temp", "1.5"], "error: --topp_temp must be in (0, 1], got 1.5"),
+    (["--tasks", "piqa", "--topp_temp", "1.5"], "error: topp_temp must be in (0, 1], got 1.5"),
+    (["--tasks", "piqa", "--threshold", "0"], "error: threshold must be in (0, 1], got 0.0"),
+    (["--tasks", "piqa", "--block_length", "0"], "error: block_length must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_line_before_any_model_loads(argv, message, capsys):
     # The model path does not exist: reaching the model loader would give a different error.

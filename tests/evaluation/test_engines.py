@@ -81,13 +81,16 @@ def test_scores_and_choices_do_not_depend_on_batch_size(random_diffugpt, scorer,
     assert one.settings == {"prompt_format": prompt_format, "diffusion_steps": STEPS, "seed": 0, "scorer": scorer}
 
 
-def test_generation_does_not_depend_on_batch_size(random_diffugpt):
+@pytest.mark.parametrize("decoding", [
+    Decoding(temperature=0.95, top_p=0.9, strategy="random"),
+    Decoding(temperature=0.95, top_p=0.9, strategy="confidence", block_length=2, cache="dual"),
+], ids=["one-block", "blocks-dual-cache"])
+def test_generation_does_not_depend_on_batch_size(random_diffugpt, decoding):
     model, tokenizer = random_diffugpt
     requests = [FillRequest(encode_pair(tokenizer, f"the {w} sees the", "")[0], length, [7, 8] if length > 2 else [],
                             steps=steps, seed=index)
                 for index, (w, length, steps) in enumerate([("cat", 3, 4), ("big dog", 5, 4), ("bird", 2, 2),
                                                             ("sun and the moon", 4, 4), ("fish", 1, 2)])]
-    decoding = Decoding(temperature=0.95, top_p=0.9, strategy="random")
     one = DiffusionEngine(model, tokenizer, batch_size=1).fill(requests, decoding, desc="test")
     eight = DiffusionEngine(model, tokenizer, batch_size=8).fill(requests, decoding, desc="test")
     assert one == eight
@@ -181,3 +184,10 @@ def test_ar_baseline_picks_and_generates_the_planted_answer(planted_gpt2, tokeni
     holes = engine.fill([FillRequest([5, 6, 7], 3, [9, 9]), FillRequest([5], 1)], engine.decoding, desc="test")
     dog = engine.tokenizer.convert_tokens_to_ids("Ġdog")
     assert holes == [[dog] * 3, [dog]]
+
+
+def test_fast_generation_flags_reach_every_task_decoding():
+    flags = Settings(greedy=True, fast_generation={"block_length": 4, "cache": "dual", "strategy": "threshold"})
+    assert flags.decoding(Decoding(temperature=0.9), temperature=1.0, strategy="topk") == \
+        Decoding(temperature=1.0, top_p=None, greedy=True, strategy="threshold", block_length=4, cache="dual")
+

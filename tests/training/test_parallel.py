@@ -47,5 +47,5 @@ def test_impossible_setups_fail_fast_with_the_reason(mode, change, message):
 
 def test_sequence_groups_are_consecutive_ranks():
     layouts = [Layout("ulysses_attn", rank, 8, sp_size=4) for rank in range(8)]
-    assert [(l.dp_rank, l.sp_rank) for l in layouts] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
-    assert {l.dp_size for l in layouts} == {2}
+    assert [(layout.dp_rank, layout.sp_rank) for layout in layouts] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert {layout.dp_size for layout in layouts} == {2}

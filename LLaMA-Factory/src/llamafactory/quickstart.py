@@ -2,7 +2,8 @@
 
 Loads a released or self-trained diffusion checkpoint and prints an unconditional and a
 prefix-conditioned sample, as the original scripts did, with booleans that really parse and errors
-reported as one line.
+reported as one line; after each, the denoiser evaluations (NFE) per sample and the tokens generated per
+second. Fast generation (blocks, parallel rules, a cache) is off unless its flags ask for it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +28,8 @@ from .command_line import (
     run_command,
 )
 from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
-from .ddm.sampling import STRATEGIES
 from .errors import UserInputError
+from .sampler_flags import add_sampler_arguments, fast_generation_settings
 
 logger = logging.getLogger("llamafactory.quickstart")
 
@@ -55,8 +57,7 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
     parser.add_argument("--diffusion_steps", type=int, default=64, help="number of reverse steps T")
     parser.add_argument("--logits_temp", type=float, default=defaults.logits_temp, help="softmax temperature")
     parser.add_argument("--topp_temp", type=float, default=0.9, help="nucleus (top-p) mass; 1 disables")
-    parser.add_argument("--strategy", choices=sorted(STRATEGIES), default="random",
-                        help="which masked positions to fix at each step")
+    add_sampler_arguments(parser, strategy_default="random", strategy_help="which masked positions to fix at each step")
     add_bool_flag(parser, "--greedy", False, "argmax instead of sampling")
     add_bool_flag(parser, "--verbose", False, "print the sequence after every step")
     parser.add_argument("--seed", type=int, default=42)
@@ -68,28 +69,41 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.diffusion_steps < 1:
-        raise UserInputError(f"--diffusion_steps must be >= 1, got {args.diffusion_steps}")
     if args.num_samples < 1:
         raise UserInputError(f"--num_samples must be >= 1, got {args.num_samples}")
     if args.gen_len is not None and args.gen_len < 2:
         raise UserInputError(f"--gen_len must be >= 2, got {args.gen_len}")
 
 
-def _generate(model, prefix: list[int], length: int, config: SamplingConfig, args) -> list[list[int]]:
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The flags as core sampler settings, checked before anything is loaded."""
+    config = SamplingConfig(steps=args.diffusion_steps, temperature=args.logits_temp, top_p=args.topp_temp,
+                            greedy=args.greedy, strategy=args.strategy, shift=args.shift,
+                            record_history=args.verbose, **fast_generation_settings(args))
+    config.validate()
+    return config
+
+
+def _generate(model, prefix: list[int], length: int, config: SamplingConfig, args) -> None:
+    """Sample ``--num_samples`` rows after ``prefix`` and print them, then the NFE and the speed."""
     rows = args.num_samples
     input_ids = torch.full((rows, length), model.mask_id, dtype=torch.long)
     input_ids[:, : len(prefix)] = torch.tensor(prefix)
     src_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     src_mask[:, : len(prefix)] = True
     generators = [torch.Generator(model.device).manual_seed(args.seed + i) for i in range(rows)]
+    began = time.perf_counter()
     with tqdm(total=config.steps, desc="denoising", leave=False, file=sys.stderr) as bar:
         output = sample(model, input_ids.to(model.device), model.mask_id, config,
                         src_mask=src_mask.to(model.device), generator=generators, progress=bar.update)
+    seconds = time.perf_counter() - began
     if args.verbose:
         for step, tokens in enumerate(output.history):
             print(f"[step {step}] {model_text(args.tokenizer, tokens[0].tolist())}")
-    return output.tokens.tolist()
+    for tokens in output.tokens.tolist():
+        print(model_text(args.tokenizer, tokens))
+    print(f"(NFE per sample: {', '.join(str(n) for n in output.nfe.tolist())}; "
+          f"{rows * (length - len(prefix)) / seconds:.1f} tokens/s)")
 
 
 def model_text(tokenizer, ids: list[int]) -> str:
@@ -98,6 +112,7 @@ def model_text(tokenizer, ids: list[int]) -> str:
 
 def run(args: argparse.Namespace) -> None:
     _validate(args)
+    config = sampling_config(args)
     device = resolve_device(args.device)
     check_attention_implementation(args.flash_attn, device)
     model, tokenizer = load_diffusion_lm(
@@ -114,18 +129,12 @@ def run(args: argparse.Namespace) -> None:
             f"the prompt is {len(prefix)} tokens (with the start token) but the generation length is {length}; "
             "use a shorter --prompt or a larger --gen_len"
         )
-    config = SamplingConfig(steps=args.diffusion_steps, temperature=args.logits_temp, top_p=args.topp_temp,
-                            greedy=args.greedy, strategy=args.strategy, shift=args.shift,
-                            record_history=args.verbose)
-    config.validate()
     print(attention_report(args.flash_attn), file=sys.stderr)
     print("=" * 20, f"Generating {length} tokens with T={args.diffusion_steps} on {device}")
     print("=" * 20, "Unconditional generation")
-    for tokens in _generate(model, [start], length, config, args):
-        print(model_text(tokenizer, tokens))
+    _generate(model, [start], length, config, args)
     print("=" * 20, f"Prefix generation: {args.prompt!r}")
-    for tokens in _generate(model, prefix, length, config, args):
-        print(model_text(tokenizer, tokens))
+    _generate(model, prefix, length, config, args)
 
 
 def main(defaults: Defaults, argv: Sequence[str] | None = None) -> int:

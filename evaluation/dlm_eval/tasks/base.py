@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,9 @@ class Settings:
 
     ``scorer``: the likelihood estimator of multiple choice (``original`` or ``exact``); ``prompt_format``:
     how multiple-choice prompts are written and tokenized (``original`` or ``harness``);
-    ``gsm8k_temperature``: the temperature of the model family's original GSM8K config.
+    ``gsm8k_temperature``: the temperature of the model family's original GSM8K config;
+    ``fast_generation`` holds the fast-generation flags the user set (``block_length``, ``cache``, ...),
+    as ``Decoding`` fields; every generation task applies them.
     """
 
     seed: int = 0
@@ -33,6 +35,7 @@ class Settings:
     greedy: bool | None = None
     scorer: str = "original"
     prompt_format: str = "original"
+    fast_generation: Mapping[str, Any] = field(default_factory=dict)
     triviaqa_extra_tokens: int = 0
     gsm8k_steps: int = 64
     gsm8k_max_length: int = 256
@@ -45,7 +48,7 @@ class Settings:
         then any flag the user set."""
         chosen = replace(base, **{**ORIGINAL_SAMPLER, **task_defaults})
         flags = {"temperature": self.temperature, "top_p": self.top_p, "strategy": self.strategy,
-                 "greedy": self.greedy}
+                 "greedy": self.greedy, **self.fast_generation}
         return replace(chosen, **{k: v for k, v in flags.items() if v is not None})
 
 

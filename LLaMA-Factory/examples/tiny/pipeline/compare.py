@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-length", type=int, default=24, help="cutoff_len of the ddm-sft stage (default 24)")
     parser.add_argument("--steps", type=parse_steps, default=parse_steps("1,4,16,n"),
                         help="diffusion steps T to compare; 'n' = one per generated token (default 1,4,16,n)")
-    parser.add_argument("--strategy", choices=("topk", "random"), default="topk",
-                        help="which masked positions to fix at each step (default topk: most confident first)")
+    parser.add_argument("--strategy", choices=("confidence", "topk", "random"), default="confidence",
+                        help="which masked positions to fix at each step (default confidence: most confident first)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each test set")
     parser.add_argument("--batch-size", type=int, default=128, help="examples per forward pass (default 128)")
     parser.add_argument("--show", type=int, default=8, help="infilled records to list in the report (default 8)")

@@ -22,6 +22,7 @@ from .checkpoints import (
     save_diffusion_checkpoint,
     tokenizer_problem,
 )
+from .generate import GenerateOutput, generate
 from .model import (
     DiffusionLM,
     align_to_outputs,
@@ -43,8 +44,9 @@ from .noise import (
     sample_noise_level,
     training_loss,
 )
-from .sampling import STRATEGIES, SamplingConfig, SamplingOutput, random_keep, sample, topk_confidence
+from .sampling import SamplingConfig, SamplingOutput, sample
 from .scoring import ESTIMATORS, level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
+from .strategies import STRATEGIES, Step, resolve_rule
 from .tokens import (
     DEFAULT_MASK_TOKEN,
     KNOWN_MODELS,
@@ -59,11 +61,11 @@ __all__ = [
     "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio",
     "annealed_attention_mask", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
     "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
-    "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS", "level_masks", "load_adapter",
-    "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into", "make_bidirectional",
-    "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals", "noise_seed", "position_limit",
-    "predicting_output", "random_keep", "record_generation_length", "record_mask_id", "recorded_mask_id",
-    "resolve_special_tokens", "sample", "sample_noise_level", "SamplingConfig", "SamplingOutput",
-    "save_diffusion_checkpoint", "score_continuations", "sequence_nll", "SpecialTokens", "start_token_id",
-    "STRATEGIES", "tokenizer_problem", "topk_confidence", "training_loss",
+    "generate", "GenerateOutput", "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
+    "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
+    "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
+    "noise_seed", "position_limit", "predicting_output", "record_generation_length", "record_mask_id",
+    "recorded_mask_id", "resolve_rule", "resolve_special_tokens", "sample", "sample_noise_level",
+    "SamplingConfig", "SamplingOutput", "save_diffusion_checkpoint", "score_continuations", "sequence_nll",
+    "SpecialTokens", "start_token_id", "Step", "STRATEGIES", "tokenizer_problem", "training_loss",
 ]

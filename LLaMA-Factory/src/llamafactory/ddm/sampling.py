@@ -1,142 +1,96 @@
-"""Reverse diffusion (docs/design.md#sampling): one loop, with a pluggable rule for which masked positions to fix.
+"""Reverse diffusion (docs/design.md#sampling, #fast-generation): the one loop every entry point uses.
 
-Each of the ``T`` steps predicts every position at once, draws a candidate token and its log-probability
-for each still-masked position, and asks a *strategy* which of them to fix now. Given positions
-(``src_mask``) never change; after the last step no mask token remains. Every random draw of a row comes
-from that row's own generator, so a row's result does not depend on what else is in the batch.
+Each step predicts the positions of the current *block* (a window of columns; by default the whole
+generated region), draws a candidate token and its confidence there, and asks a *rule*
+(``strategies.py``) which masked positions to fix now. Given positions (``src_mask``) never change; after
+a block's last step no mask is left in it. Blocks run left to right and share the step budget in
+proportion to their width; a cache mode (``cache.py``) says how the denoiser is called. Every random
+draw of a row comes from that row's own generator, prompts of different lengths are aligned on their
+first generated column, and finished rows leave the batch, so a row's result does not depend on what
+else is in the batch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ..errors import UserInputError
-from .model import align_to_tokens, first_predicted_token
+from .cache import CACHE_MODES, DenoiserCalls
+from .model import DiffusionLM, first_predicted_token
+from .proposals import nucleus_filter, propose
+from .strategies import CONFIDENCE_MEASURES, STRATEGIES, Step, Strategy
 
-# (masked [B, L] bool, confidence [B, L] float, steps_left t in T-1..1, total T, n_maskable [B],
-#  per-row generators) -> bool [B, L]: which masked positions to fix at this step.
-Strategy = Callable[
-    [torch.Tensor, torch.Tensor, int, int, torch.Tensor, Sequence[torch.Generator | None]], torch.Tensor
-]
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
-
-def random_keep(masked, confidence, steps_left, total, n_maskable, generators) -> torch.Tensor:
-    """Fix each still-masked position with probability ``1 / (t + 1)`` (the quick-start default).
-
-    Each row draws only for its own masked positions, so padding or batch width never changes a row.
-    """
-    draws = torch.ones(masked.shape, device=masked.device)
-    for b, generator in enumerate(generators):
-        (columns,) = masked[b].nonzero(as_tuple=True)
-        draws[b, columns] = torch.rand(columns.numel(), device=masked.device, generator=generator)
-    return masked & (draws < 1.0 / (steps_left + 1))
+__all__ = ["Denoiser", "SamplingConfig", "SamplingOutput", "nucleus_filter", "sample"]
 
 
-def topk_confidence(masked, confidence, steps_left, total, n_maskable, generators) -> torch.Tensor:
-    """Keep the ``floor(n_maskable * t / T)`` least confident masked positions masked; fix the rest."""
-    keep = torch.div(n_maskable * steps_left, total, rounding_mode="floor")  # [B]
-    score = confidence.masked_fill(~masked, math.inf)
-    rank = score.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
-    return masked & (rank >= keep[:, None])
-
-
-STRATEGIES: dict[str, Strategy] = {"random": random_keep, "topk": topk_confidence}
-
-
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
-    """Sampler settings; defaults are the quick-start ones of DiffuGPT (docs/design.md#sampling)."""
+    """Sampler settings, checked once here for every entry point; defaults are DiffuGPT's quick-start
+    ones and the original one-block, no-cache loop (docs/design.md#sampling)."""
 
     steps: int = 64
-    temperature: float = 0.95
+    temperature: float = 0.95  # 0 means argmax
     top_p: float | None = 0.9
+    top_k: int | None = None
     greedy: bool = False
     strategy: str | Strategy = "random"
+    confidence: str = "prob"  # prob | margin | entropy
+    threshold: float = 0.9
+    factor: float = 1.0
+    eb_gamma: float = 0.1
+    block_length: int | None = None  # None: one block over the whole generated region
+    cache: str = "none"  # none | prefix | dual
+    cache_refresh: int | None = None  # None: refresh the cache at block starts only
+    stop_at_eos: bool = False
+    suppress_tokens: tuple[int, ...] = ()
     shift: bool = True
     record_history: bool = False
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise UserInputError(f"diffusion_steps must be >= 1, got {self.steps}")
-        if self.temperature <= 0:
-            raise UserInputError(f"logits_temp must be > 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UserInputError(f"topp_temp must be in (0, 1], got {self.top_p}")
-        if isinstance(self.strategy, str) and self.strategy not in STRATEGIES:
-            raise UserInputError(
-                f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
-            )
+        """Raise ``UserInputError`` naming the first unusable setting; the original's four settings are named as
+        its configs and scripts spell them (``diffusion_steps``, ``logits_temp``, ``topp_temp``,
+        ``decoding_strategy``), every other by its field name."""
+        checks = [
+            (self.steps >= 1, f"diffusion_steps must be >= 1, got {self.steps}"),
+            (self.temperature >= 0, f"logits_temp must be >= 0 (0 means argmax), got {self.temperature}"),
+            (self.top_p is None or 0 < self.top_p <= 1, f"topp_temp must be in (0, 1], got {self.top_p}"),
+            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
+            (callable(self.strategy) or self.strategy in STRATEGIES,
+             f"unknown decoding_strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"),
+            (self.confidence in CONFIDENCE_MEASURES,
+             f"unknown confidence {self.confidence!r}; expected one of {', '.join(CONFIDENCE_MEASURES)}"),
+            (0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}"),
+            (self.factor > 0, f"factor must be > 0, got {self.factor}"),
+            (self.eb_gamma >= 0, f"eb_gamma must be >= 0, got {self.eb_gamma}"),
+            (self.block_length is None or self.block_length >= 1, f"block_length must be >= 1, got {self.block_length}"),
+            (self.cache in CACHE_MODES, f"unknown cache {self.cache!r}; expected one of {', '.join(CACHE_MODES)}"),
+            (self.cache_refresh is None or self.cache_refresh >= 1,
+             f"cache_refresh must be >= 1 (leave it unset to refresh at block starts only), got {self.cache_refresh}"),
+            (all(int(t) >= 0 for t in self.suppress_tokens), f"suppress_tokens must be token ids, got {self.suppress_tokens}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserInputError(message)
+
+    def rule(self) -> Strategy:
+        return STRATEGIES[self.strategy] if isinstance(self.strategy, str) else self.strategy
+
+    def as_dict(self) -> dict[str, object]:
+        """How tokens are chosen, for result files (the step count, shift and history switch are the caller's)."""
+        skip = {"steps", "shift", "record_history"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 @dataclass
 class SamplingOutput:
     tokens: torch.Tensor  # [B, L]
     history: list[torch.Tensor] = field(default_factory=list)  # per step, on CPU, when recorded
-
-
-NUCLEUS_FAST_K = 256
-
-
-def _nucleus_threshold(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Probability of the last token kept, per row, from probabilities sorted in descending order."""
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    kept = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
-    return sorted_probs.gather(-1, kept - 1)
-
-
-def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set to -inf every token outside the smallest set whose probability reaches ``top_p``.
-
-    The set is read off the top ``NUCLEUS_FAST_K`` tokens where they already hold ``top_p`` of the
-    mass (peaked rows, the usual case); only the other rows pay for a full sort.
-    """
-    if top_p >= 1.0:
-        return logits
-    probs = logits.softmax(dim=-1)
-    top, _ = probs.topk(min(NUCLEUS_FAST_K, probs.shape[-1]), dim=-1)
-    threshold = _nucleus_threshold(top, top_p)
-    flat = top.sum(dim=-1) < top_p
-    if flat.any():
-        threshold[flat] = _nucleus_threshold(probs[flat].sort(dim=-1, descending=True).values, top_p)
-    return logits.masked_fill(probs < threshold, -math.inf)
-
-
-def propose(
-    logits: torch.Tensor,
-    config: SamplingConfig,
-    generators: Sequence[torch.Generator | None],
-    rows: torch.Tensor,
-    mask_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate tokens and their log-probabilities for ``[N, vocab]`` logits of rows ``rows``.
-
-    The mask token is never proposed. Temperature, then nucleus filter, then argmax when greedy, else
-    one categorical draw per position by inverting the cumulative distribution with a single uniform
-    from the row's own generator (one draw per position, not one per vocabulary entry).
-    """
-    logits = logits.float() / config.temperature
-    logits[:, mask_id] = -math.inf
-    if config.top_p is not None:
-        logits = nucleus_filter(logits, config.top_p)
-    log_probs = logits.log_softmax(dim=-1)
-    if config.greedy:
-        tokens = log_probs.argmax(dim=-1)
-    else:
-        uniform = torch.empty(log_probs.shape[0], device=log_probs.device)
-        for b, generator in enumerate(generators):
-            picked = rows == b
-            count = int(picked.sum())
-            if count:
-                uniform[picked] = torch.rand(count, device=log_probs.device, generator=generator)
-        cumulative = log_probs.exp().cumsum(dim=-1)
-        threshold = uniform[:, None] * cumulative[:, -1:]
-        tokens = torch.searchsorted(cumulative, threshold, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-    return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+    nfe: torch.Tensor | None = None  # [B]: denoiser evaluations each row needed
 
 
 def _generators(
@@ -150,55 +104,253 @@ def _generators(
     return generators
 
 
+def _given_positions(input_ids: torch.Tensor, src_mask: torch.Tensor | None, padding: torch.Tensor | None,
+                     shift: bool, mask_id: int) -> torch.Tensor:
+    """Positions never generated: ``src_mask``, padding, and under shift each row's first real token."""
+    given = torch.zeros_like(input_ids, dtype=torch.bool) if src_mask is None else src_mask.bool().clone()
+    real = torch.ones_like(given) if padding is None else padding.bool()
+    first = real.long().argmax(dim=1, keepdim=True)
+    lead = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] - first
+    given |= ~real | ((lead >= 0) & (lead < first_predicted_token(shift)))
+    if (given & real & (input_ids == mask_id)).any():
+        raise UserInputError(
+            "a given position holds the mask token (under shift token 0 is always given: start each row with BOS)"
+        )
+    return given
+
+
+@dataclass
+class _Layout:
+    """Rows moved right so that their first generated columns coincide (only when blocks or a cache need it)."""
+
+    offsets: torch.Tensor  # [B]: columns each row moved right
+    width: int  # the caller's sequence length
+
+    def align(self, values: torch.Tensor, fill: int | bool) -> torch.Tensor:
+        columns = torch.arange(self.width + int(self.offsets.max()), device=values.device)[None, :] - self.offsets[:, None]
+        inside = (columns >= 0) & (columns < self.width)
+        picked = values.gather(1, columns.clamp(0, self.width - 1))
+        return torch.where(inside, picked, torch.full_like(picked, fill))
+
+    def restore(self, values: torch.Tensor) -> torch.Tensor:
+        columns = torch.arange(self.width, device=values.device)[None, :] + self.offsets[:, None].to(values.device)
+        return values.gather(1, columns)
+
+
+def _blocks(generated: torch.Tensor, start: int, block: int) -> torch.Tensor:
+    """``[B, blocks]``: how many generated positions of each row the blocks ``[start + k block, ...)`` hold."""
+    length = generated.shape[1]
+    blocks = -(-(length - start) // block)
+    padded = torch.nn.functional.pad(generated[:, start:], (0, blocks * block - (length - start)))
+    return padded.view(generated.shape[0], blocks, block).sum(dim=2)
+
+
+def _block_steps(generated: torch.Tensor, start: int, block: int, steps: int) -> torch.Tensor:
+    """``[B, blocks]`` steps of each row's blocks: the budget split in proportion to the columns each block
+    covers of the row's generated span (cumulative rounding, so a row's blocks use exactly ``steps``)."""
+    length = generated.shape[1]
+    blocks = -(-(length - start) // block)
+    last = length - 1 - generated.flip(1).long().argmax(dim=1)
+    span = (last - start + 1).clamp(min=1)[:, None]
+    edges = (torch.arange(blocks + 1, device=generated.device)[None, :] * block).minimum(span)
+    quota = torch.div(steps * edges, span, rounding_mode="floor")
+    return quota[:, 1:] - quota[:, :-1]
+
+
+@dataclass
+class _Plan:
+    """Where the blocks are: the (possibly realigned) rows, the first generated column, the block width and
+    each row's steps per block."""
+
+    input_ids: torch.Tensor
+    generated: torch.Tensor
+    padding: torch.Tensor | None
+    layout: _Layout | None
+    start: int
+    block: int
+    steps_per_block: torch.Tensor
+
+
+def _plan(input_ids: torch.Tensor, generated: torch.Tensor, padding: torch.Tensor | None, config: SamplingConfig,
+          fill_id: int, full_mask: bool) -> _Plan:
+    """Blocks start at the first generated column; rows that start elsewhere are moved right when blocks or a
+    cache would otherwise cut them differently from a run of that row alone."""
+    length = generated.shape[1]
+    working = generated.any(dim=1)
+    first = torch.where(working, generated.long().argmax(dim=1), length)
+    last = torch.where(working, length - 1 - generated.flip(1).long().argmax(dim=1), -1)
+    start = int(first.min())
+    one_block = config.block_length is None or bool(((last - first + 1) <= config.block_length).all())
+    layout = None
+    if bool((first[working] != start).any()) and (config.cache != "none" or not one_block):
+        if full_mask:
+            raise UserInputError("rows that start generating at different columns cannot be aligned under a 4D "
+                                 "attention mask; use one block and cache=none")
+        start = int(first[working].max())
+        layout = _Layout(offsets=torch.where(working, start - first, 0), width=length)
+        input_ids = layout.align(input_ids, fill_id)
+        padding = layout.align(torch.ones_like(generated) if padding is None else padding, False)
+        generated = layout.align(generated, False)
+        length = input_ids.shape[1]
+    block = max(length - start, 1) if one_block else config.block_length
+    steps_per_block = _block_steps(generated, start, block, config.steps)
+    holds = _blocks(generated, start, block) > 0
+    if bool(((steps_per_block == 0) & holds).any()):
+        raise UserInputError(
+            f"steps={config.steps} is fewer than the blocks a row needs: block_length={block} cuts a row's generated "
+            f"span into {int(holds.sum(dim=1).max())} blocks; raise steps or block_length"
+        )
+    if padding is not None and bool(padding.all()):
+        padding = None
+    return _Plan(input_ids, generated, padding, layout, start, block, steps_per_block)
+
+
 @torch.no_grad()
 def sample(
-    denoiser: Denoiser,
+    denoiser: DiffusionLM | Denoiser,
     input_ids: torch.Tensor,
     mask_id: int,
     config: SamplingConfig,
     *,
     src_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SamplingOutput:
-    """Fill every non-given position of ``input_ids`` ``[B, L]`` by ``config.steps`` reverse steps.
+    """Fill every non-given position of ``input_ids`` ``[B, L]`` by at most ``config.steps`` reverse steps.
 
-    ``denoiser`` maps token ids ``[B, L]`` to raw logits ``[B, L, vocab]``. ``src_mask`` (True = given)
-    may differ per row; with ``shift`` token 0 is always given. ``generator`` is one generator, or one
-    per row for batch-independent results. ``progress`` is called after each step.
+    ``denoiser`` is a :class:`DiffusionLM` or a callable mapping ids ``[B, L]`` to raw logits
+    ``[B, L, vocab]`` (one block per row, no cache). ``src_mask`` (True = given) may differ per row;
+    ``attention_mask`` is a 2D padding mask (0 = padding, never generated) or, with one block per row
+    and no cache, a 4D additive mask. ``generator`` is one generator, or one per row for
+    batch-independent results. ``progress`` is called after each step.
     """
     config.validate()
-    strategy = STRATEGIES[config.strategy] if isinstance(config.strategy, str) else config.strategy
-    batch_size, length = input_ids.shape
-    generators = _generators(generator, batch_size)
-    given = torch.zeros_like(input_ids, dtype=torch.bool) if src_mask is None else src_mask.bool().clone()
-    given[:, : first_predicted_token(config.shift)] = True
-    if (given & (input_ids == mask_id)).any():
-        raise UserInputError(
-            "a given position holds the mask token (under shift token 0 is always given: start each row with BOS)"
-        )
-    masked = ~given
-    n_maskable = masked.sum(dim=1)
-    tokens = torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
-    history = [tokens.cpu()] if config.record_history else []
-    for steps_left in range(config.steps - 1, -1, -1):
-        if not masked.any():
-            break
-        logits = align_to_tokens(denoiser(tokens), config.shift)
-        rows, cols = masked.nonzero(as_tuple=True)
-        candidates, log_probs = propose(logits[rows, cols], config, generators, rows, mask_id)
-        proposal = tokens.clone()
-        proposal[rows, cols] = candidates
-        confidence = torch.full(masked.shape, -math.inf, device=tokens.device)
-        confidence[rows, cols] = log_probs
-        if steps_left == 0:
-            fix = masked
-        else:
-            fix = strategy(masked, confidence, steps_left, config.steps, n_maskable, generators)
-        tokens = torch.where(fix, proposal, tokens)
-        masked &= ~fix
-        if config.record_history:
-            history.append(tokens.cpu())
+    full_mask = attention_mask is not None and attention_mask.dim() == 4
+    if full_mask and config.cache != "none":
+        raise UserInputError(f"cache={config.cache!r} cannot be used with a 4D (annealing) attention mask; use cache=none")
+    padding = None if attention_mask is None or full_mask else attention_mask.bool()
+    generated = ~_given_positions(input_ids, src_mask, padding, config.shift, mask_id)
+    plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask)
+    state = _State(denoiser, plan, attention_mask if full_mask else plan.padding,
+                   _generators(generator, input_ids.shape[0]), mask_id, config)
+    state.run(config.rule(), plan.start, plan.block, progress)
+    tokens, history = state.final, state.history
+    if plan.layout is not None:
+        tokens = plan.layout.restore(tokens)
+        history = [plan.layout.restore(h) for h in history]
+    return SamplingOutput(tokens=tokens, history=history, nfe=state.nfe)
+
+
+class _State:
+    """The rows still being generated, their tokens and masks; finished rows are written to ``final``."""
+
+    def __init__(self, denoiser: DiffusionLM | Denoiser, plan: _Plan, attention_mask: torch.Tensor | None,
+                 generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig) -> None:
+        self.config, self.mask_id = config, mask_id
+        input_ids, self.generated = plan.input_ids, plan.generated
+        self.masked = self.generated.clone()
+        self.tokens = torch.where(self.masked, torch.full_like(input_ids, mask_id), input_ids)
+        self.final = self.tokens.clone()
+        self.history = [self.final.to("cpu", copy=True)] if config.record_history else []
+        self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each live row
+        self.generators = generators
+        self.steps_per_block = plan.steps_per_block
+        self.block_maskable = self.masked[:, :0]
+        self.nfe = torch.zeros(input_ids.shape[0], dtype=torch.long)
+        self.calls = DenoiserCalls(denoiser, mode=config.cache, shift=config.shift, attention_mask=attention_mask,
+                                   refresh_every=config.cache_refresh)
+        self.eos_id, self.fill_id = _end_tokens(denoiser, config)
+        self._keep(self.masked.any(dim=1))
+
+    def run(self, rule: Strategy, start: int, block: int, progress: Callable[[int], None] | None) -> None:
+        length = self.tokens.shape[1]
+        for index, left in enumerate(range(start, length, block)):
+            right = min(left + block, length)
+            if not self.rows.numel() or not self.masked[:, left:right].any():
+                continue
+            self.calls.start_block(left, right)
+            self.block_maskable = self.masked[:, left:right].clone()
+            step = 0
+            while self.rows.numel():
+                budget = self.steps_per_block[self.rows, index]
+                working = self.masked[:, left:right].any(dim=1) & (step < budget)
+                if not working.any():
+                    break
+                self._step(rule, left, right, working, (budget - 1 - step).clamp(min=0), budget)
+                step += 1
+                self._after_step(progress)
+            self._keep(self.masked.any(dim=1))
+
+    def _step(self, rule: Strategy, left: int, right: int, working: torch.Tensor, steps_left: torch.Tensor,
+              budget: torch.Tensor) -> None:
+        """One reverse step of the rows in ``working`` over the block ``[left, right)``."""
+        logits = self.calls(self.tokens, working)  # the working rows only
+        masked = self.masked[:, left:right] & working[:, None]
+        maskable = self.block_maskable & working[:, None]
+        looked_at = maskable if rule is STRATEGIES["topk"] else masked
+        rows, cols = looked_at.nonzero(as_tuple=True)
+        among_working = working.long().cumsum(dim=0) - 1
+        proposal = propose(logits[among_working[rows], cols], self.config, self.generators, rows, self.mask_id,
+                           with_entropy=rule is STRATEGIES["eb"])
+        deciding = (steps_left > 0)[:, None]
+        fix = masked & ~deciding
+        if bool((deciding & masked).any()):
+            confidence = torch.full(masked.shape, -torch.inf, device=masked.device)
+            confidence[rows, cols] = proposal.confidence
+            entropy = None
+            if proposal.entropy is not None:
+                entropy = torch.full(masked.shape, torch.inf, device=masked.device)
+                entropy[rows, cols] = proposal.entropy
+            step = Step(masked=masked & deciding, maskable=maskable & deciding, confidence=confidence,
+                        entropy=entropy, steps_left=steps_left, total=budget, generators=self.generators,
+                        threshold=self.config.threshold, factor=self.config.factor, eb_gamma=self.config.eb_gamma)
+            fix |= rule(step) & masked & deciding
+        candidates = self.tokens[:, left:right].clone()
+        candidates[rows, cols] = proposal.tokens
+        self.tokens[:, left:right] = torch.where(fix, candidates, self.tokens[:, left:right])
+        self.masked[:, left:right] &= ~fix
+        self.nfe[self.rows[working].cpu()] += 1
+
+    def _after_step(self, progress: Callable[[int], None] | None) -> None:
+        done = self._stop_at_eos() if self.config.stop_at_eos else torch.zeros_like(self.rows, dtype=torch.bool)
+        self.final[self.rows] = self.tokens
+        if self.config.record_history:
+            self.history.append(self.final.to("cpu", copy=True))
         if progress is not None:
             progress(1)
-    return SamplingOutput(tokens=tokens, history=history)
+        self._keep(self.masked.any(dim=1) & ~done)
+
+    def _stop_at_eos(self) -> torch.Tensor:
+        """Rows with a fixed EOS and no mask before it: everything generated after the EOS becomes padding."""
+        generated = self.generated[self.rows]
+        columns = torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :]
+        end = self.tokens.shape[1]
+        eos_at = torch.where(generated & ~self.masked & (self.tokens == self.eos_id), columns, end).amin(1, keepdim=True)
+        first_mask = torch.where(self.masked, columns, end).amin(dim=1, keepdim=True)
+        done = (eos_at < end) & (first_mask > eos_at)
+        after = done & (columns > eos_at) & generated
+        self.tokens = torch.where(after, torch.full_like(self.tokens, self.fill_id), self.tokens)
+        self.masked &= ~after
+        return done.squeeze(1)
+
+    def _keep(self, alive: torch.Tensor) -> None:
+        """Keep only the rows flagged in ``alive`` in the batch and the cache."""
+        if bool(alive.all()):
+            return
+        kept = alive.nonzero(as_tuple=True)[0]
+        self.rows, self.tokens, self.masked = self.rows[kept], self.tokens[kept], self.masked[kept]
+        self.block_maskable = self.block_maskable[kept]
+        self.generators = [self.generators[i] for i in kept.tolist()]
+        self.calls.keep_rows(kept)
+
+
+def _end_tokens(denoiser: object, config: SamplingConfig) -> tuple[int, int]:
+    """The EOS id that ends a row and the id written after it (pad, else EOS) under ``stop_at_eos``."""
+    if not config.stop_at_eos:
+        return -1, -1
+    tokens = getattr(denoiser, "tokens", None)
+    eos = None if tokens is None else tokens.eos_id
+    if eos is None:
+        raise UserInputError("stop_at_eos needs the model's EOS token, and this model has none")
+    return eos, tokens.pad_id if tokens.pad_id is not None else eos

@@ -25,7 +25,7 @@ from ..command_line import bool_word
 from ..errors import UserInputError
 from .data_args import DataArguments
 from .finetuning_args import DEFAULT_ANNEAL_STEPS, FINETUNING_TYPES, STAGES, FinetuningArguments
-from .generating_args import DECODING_STRATEGIES, GeneratingArguments
+from .generating_args import GeneratingArguments
 from .model_args import ATTENTION_CHOICES, ModelArguments
 from .training_args import TrainingArguments
 
@@ -264,16 +264,12 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
     _require_choice("stage", stage, STAGES)
     _require_choice("finetuning_type", finetuning_args.finetuning_type, FINETUNING_TYPES)
     _require_choice("flash_attn", model_args.flash_attn, ATTENTION_CHOICES)
-    _require_choice("decoding_strategy", generating_args.decoding_strategy, DECODING_STRATEGIES)
     _require(training_args.do_train or training_args.do_eval or training_args.do_predict,
              "nothing to do: set do_train, do_eval or do_predict")
     _require(not (stage == "pt" and training_args.do_predict), "do_predict is not available for stage pt")
     _require_at_least("cutoff_len", data_args.cutoff_len, 4)
     _require_at_least("anneal_steps", finetuning_args.anneal_steps, 1)
-    _require_at_least("diffusion_steps", finetuning_args.diffusion_steps, 1)
-    _require(generating_args.logits_temp > 0, f"logits_temp must be > 0, got {generating_args.logits_temp}")
-    _require(generating_args.topp_temp is None or 0 < generating_args.topp_temp <= 1,
-             f"topp_temp must be in (0, 1] or null, got {generating_args.topp_temp}")
+    generating_args.sampling_config(finetuning_args.diffusion_steps, finetuning_args.shift).validate()
     _validate_attention(model_args, training_args, finetuning_args)
     _validate_finetuning(model_args, finetuning_args)
     _validate_data(data_args, training_args)

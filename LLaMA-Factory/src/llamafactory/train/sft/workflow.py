@@ -37,7 +37,8 @@ def predict_autoregressive(trainer: Seq2SeqTrainer, dataset: Any, tokenizer: Any
         with trainer.accelerator.autocast():
             generated = generate_continuations(
                 model, [prompt for prompt, _ in pairs], generating_args.max_new_tokens, pad_id=pad,
-                eos_ids=() if eos is None else (eos,), do_sample=not generating_args.greedy,
+                eos_ids=() if eos is None else (eos,),
+                do_sample=not generating_args.greedy and generating_args.logits_temp > 0,
                 temperature=generating_args.logits_temp, top_p=generating_args.topp_temp,
             )
         return [Prediction(index=i, predict=decode(ids), label=decode(response))
