@@ -200,9 +200,9 @@ def test_a_shortened_run_goes_through_every_stage_and_writes_every_output(tmp_pa
     assert [models[n]["anneal_steps"] for n in RUNS[1:]] == [3, 1, 3, 1, 1]
     for name in RUNS[1:]:
         model = models[name]
-        assert model["likelihood"]["bound"] and len(model["validation"]) >= 2
+        assert model["likelihood"]["bound"] and [step for step, _ in model["validation"]][:2] == [0, 3]
         assert set(model["generation"]["unconditional"]) == {"16", "64", "n"}
-    curve = [loss for _, loss in models["ddm-scratch-long"]["validation"]]
+    curve = [loss for step, loss in models["ddm-scratch-long"]["validation"] if step > 0]
     assert curve[-1] < curve[0]
     assert script("report").render(results) == (out / "results.md").read_text()
     for figure in ("validation_loss.png", "generative_perplexity.png"):

@@ -14,8 +14,8 @@ Without ``--diffusion`` the AR model itself is measured the same way: exact NLL,
 prefix only (it cannot see the suffix), and left-to-right samples with the same sampler settings;
 the held-out text itself is scored as the reference for generation.
 
-Every random draw comes from per-row generators seeded by (``--seed``, condition, row), so all models
-sample with the same seeds.
+Diffusion samples draw from per-row generators seeded by (``--seed``, condition, row), so every
+diffusion model samples with the same seeds; the AR samples draw from one generator seeded the same way.
 
     python measure.py --ar output/mini-paper/pt --name ar --init init --data output/mini-paper/data --out eval/ar.json
     python measure.py --ar output/mini-paper/pt --diffusion output/mini-paper/ddm-adapted --shift true \\

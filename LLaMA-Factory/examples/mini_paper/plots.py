@@ -33,12 +33,17 @@ def plot_validation(results: dict[str, Any], path: Path) -> None:
     figure, (by_diffusion, by_total) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=DPI, sharey=True)
     ar = next(m for m in results["models"] if m["kind"] == "autoregressive")
     ar_steps, ar_losses = zip(*ar["validation"])
+    trained = []  # values after step 0: the initial weights score far worse and would flatten the curves
     for model in results["models"]:
         if model["kind"] != "diffusion":
             continue
         steps, losses = zip(*model["validation"])
-        line = by_diffusion.plot(steps, losses, marker=".", linewidth=1.2, label=model["label"])[0]
+        trained += [loss for step, loss in model["validation"] if step > 0]
+        start = f" (step 0: {losses[0]:.2f})" if steps[0] == 0 else ""
+        line = by_diffusion.plot(steps, losses, marker=".", linewidth=1.2, label=model["label"] + start)[0]
         by_total.plot([s + model["ar_steps"] for s in steps], losses, marker=".", linewidth=1.2, color=line.get_color())
+    trained += [loss for step, loss in ar["validation"] if step > 0]
+    by_diffusion.set_ylim(min(trained) - 0.1, max(trained) + 0.25)
     by_total.plot(ar_steps, ar_losses, color="black", linestyle="--", linewidth=1, label="AR base (`pt`), exact NLL")
     by_diffusion.axhline(ar_losses[-1], color="black", linestyle=":", linewidth=1, label="AR base, final exact NLL")
     by_diffusion.set(title="validation loss by diffusion training step", xlabel="diffusion optimiser step",

@@ -55,13 +55,7 @@ else
 fi
 SCRATCH_STEPS=$((AR_STEPS + DIFFUSION_STEPS))
 
-stage() {  # stage NAME COMMAND...: run one step in the foreground and report its wall time
-  local name=$1 start=$SECONDS
-  shift
-  echo "=== ${name}"
-  "$@"
-  echo "=== ${name}: $((SECONDS - start)) s"
-}
+source "$TINY/steps.sh"  # stage, final_lines, logged (shared with the tiny pipeline)
 
 train() {  # train CONFIG OUTPUT_NAME [key=value ...]
   local config=$1 out=$2
@@ -119,7 +113,7 @@ run_queue() {
     wait -n -p pid || status=$?
     name=${pid_of[$pid]}
     running=$((running - 1))
-    sed 's/.*\r//' "$LOGS/$name.log"
+    final_lines "$LOGS/$name.log"
     if (( status != 0 )); then
       echo "=== ${name} failed (exit ${status}); its log: $LOGS/$name.log" >&2
       for pid in "${!pid_of[@]}"; do
@@ -170,5 +164,4 @@ pipeline() {
 }
 
 mkdir -p "$OUTPUT" "$WORK"
-# the log keeps only the final state of each progress bar
-pipeline 2>&1 | tee /dev/stderr | sed -u 's/.*\r//' > "$OUTPUT/pipeline.log"
+logged "$OUTPUT/pipeline.log" pipeline
