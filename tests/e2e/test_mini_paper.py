@@ -111,17 +111,23 @@ def test_an_unreachable_hub_is_reported_before_any_download(monkeypatch):
         prepare_text.hub_text()
 
 
+def verse(lines: list[str]) -> str:
+    """Lines joined with a line break after every fifth word, as in verse: sentences run across lines."""
+    words = " ".join(lines).split(" ")
+    return "".join(word + ("\n" if i % 5 == 4 else " ") for i, word in enumerate(words)).strip()
+
+
 def test_infilling_spans_sit_mid_sentence_and_their_pieces_are_the_tokens_of_the_whole_text(tokenizer):
     measure = script("measure")
-    documents = [" ".join(corpus(40, seed)) for seed in range(3)]
+    documents = [" ".join(corpus(40, 0)), verse(corpus(40, 1)), verse(corpus(40, 2))]
     examples = measure.infill_examples(tokenizer, documents, count=20, span_words=3, context=1000, seed=0)
     assert len(examples) == 20
     for example in examples:
         whole = [tokenizer.eos_token_id, *tokenizer(tokenizer.decode(example.before[1:] + example.target + example.after[:-1]),
                                                     add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         assert list(example.before + example.target + example.after) == whole
-        words = tokenizer.decode(example.target).split()
-        assert len(words) == 3 and all(w.isalpha() for w in words)
+        span = tokenizer.decode(example.target)
+        assert "\n" not in span and len(span.split()) == 3 and all(w.isalpha() for w in span.split())
         before = tokenizer.decode(example.before[1:]).split(".")[-1].split()
         after = tokenizer.decode(example.after[:-1]).split(".")[0].split()
         assert len(before) >= 2 and len(after) >= 2  # two words of the same sentence on each side

@@ -174,8 +174,8 @@ def ar_samples(model: PreTrainedModel, task: GenerationTask, seed: int, pad_id: 
 
 
 def sentence_spans(text: str, span_words: int) -> list[list[tuple[int, int]]]:
-    """For each sentence, the character ranges of ``span_words`` consecutive plain words that have at least
-    two words of the sentence on each side and a space (not a line break) before and after them."""
+    """For each sentence, the character ranges of ``span_words`` consecutive plain words on one line that
+    have at least two words of the sentence on each side and a space (not a line break) before and after."""
     sentences = []
     for sentence in SENTENCE.finditer(text):
         words = [(m.start() + sentence.start(), m.end() + sentence.start(), m.group())
@@ -184,7 +184,8 @@ def sentence_spans(text: str, span_words: int) -> list[list[tuple[int, int]]]:
         for first in range(2, len(words) - span_words - 1):
             chosen = words[first : first + span_words]
             start, end = chosen[0][0], chosen[-1][1]
-            if all(PLAIN_WORD.fullmatch(w) for _, _, w in chosen) and text[start - 1] == " " and text[end] == " ":
+            on_one_line = "\n" not in text[start:end] and text[start - 1] == " " and text[end] == " "
+            if on_one_line and all(PLAIN_WORD.fullmatch(w) for _, _, w in chosen):
                 spans.append((start, end))
         if spans:
             sentences.append(spans)
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=128, help="window length: cutoff_len of training (default 128)")
     parser.add_argument("--windows", type=int, default=128, help="held-out windows scored for the NLL (default 128)")
     parser.add_argument("--levels", type=int, default=32, help="noise levels of the ELBO estimate (default 32)")
-    parser.add_argument("--spans", type=int, default=400, help="infilling spans (default 400)")
+    parser.add_argument("--spans", type=int, default=600, help="infilling spans (default 600)")
     parser.add_argument("--span-words", type=int, default=3, help="words per infilling span (default 3)")
     parser.add_argument("--context", type=int, default=48, help="tokens given on each side of a span (default 48)")
     parser.add_argument("--samples", type=int, default=16, help="generated sequences per condition and T (default 16)")

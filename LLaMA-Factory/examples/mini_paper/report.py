@@ -141,7 +141,7 @@ def render(results: dict[str, Any]) -> str:
         f"`llamafactory.ddm.sequence_nll` over {settings['levels']} fixed noise levels (seed {settings['seed']}): an "
         "**upper bound** on their true NLL, while the AR model's NLL is exact — the gap between the two is not all "
         "model quality. Infilling: "
-        f"{settings['spans']} spans of {settings['span_words']} whole words in the middle of held-out sentences "
+        f"{settings['spans']} spans of {settings['span_words']} whole words on one line in the middle of held-out sentences "
         f"(at least two words of the sentence on each side), {settings['context']} tokens of context on each side; "
         "diffusion models see both sides and fill greedily, most confident first, one step per token; the AR model "
         "sees only the prefix and decodes greedily. Token accuracy is position by position.",
