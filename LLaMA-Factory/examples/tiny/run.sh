@@ -36,13 +36,7 @@ else  # the step counts of the configs
   EVAL_STEPS=1,4,16,n
 fi
 
-stage() {  # stage NAME COMMAND...: run one step and report its wall time
-  local name=$1 start=$SECONDS
-  shift
-  echo "=== ${name}"
-  "$@"
-  echo "=== ${name}: $((SECONDS - start)) s"
-}
+source "$PIPELINE/steps.sh"  # stage, final_lines, logged
 
 train() {  # train CONFIG OUTPUT_NAME [key=value ...]
   local config=$1 out=$2
@@ -60,7 +54,7 @@ quick_start() {  # the README's first command on the exported model, run from th
     (cd .. && "${command[@]}")
     echo "\$ ${command[*]} --prompt 'the capital of'"
     (cd .. && "${command[@]}" --prompt "the capital of")
-  } 2>&1 | tee >(sed -u 's/.*\r//' > "$OUTPUT/inf_diffugpt.log")
+  } 2>&1 | tee >(final_lines > "$OUTPUT/inf_diffugpt.log")
 }
 
 pipeline() {
@@ -84,5 +78,4 @@ pipeline() {
 }
 
 mkdir -p "$OUTPUT"
-# the log keeps only the final state of each progress bar
-pipeline 2>&1 | tee /dev/stderr | sed -u 's/.*\r//' > "$OUTPUT/pipeline.log"
+logged "$OUTPUT/pipeline.log" pipeline

@@ -29,12 +29,14 @@ def trainer_state(output_dir: Path) -> Path:
     return checkpoints[-1]
 
 
-def loss_history(output_dir: Path) -> list[tuple[int, float]]:
-    """``(step, loss)`` for every logged training step of a stage."""
+def loss_history(output_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
+    """``(step, value)`` for every logged step of a stage: the training ``loss``, or another logged key
+    such as ``eval_loss``."""
     history = json.loads(trainer_state(output_dir).read_text())["log_history"]
-    points = [(int(entry["step"]), float(entry["loss"])) for entry in history if "loss" in entry]
+    points = [(int(entry["step"]), float(entry[key])) for entry in history if key in entry]
     if not points:
-        raise SystemExit(f"{output_dir}: no training loss was logged (set logging_steps)")
+        what = "training loss" if key == "loss" else key
+        raise SystemExit(f"{output_dir}: no {what} was logged (set logging_steps / eval_steps)")
     return points
 
 

@@ -1,0 +1,208 @@
+"""Collect the mini-paper pipeline's measurements into ``results.json`` and render ``results.md`` from it.
+
+``results.json`` holds everything the table and the plots show: the run's command, seed, text source and
+duration, the model shape, and per model what it was trained from and how (read from its checkpoint's
+``trainer_state.json``), its measurements (``measure.py``) and its validation-loss curve. ``results.md``
+is a pure function of ``results.json`` (``render``), so the committed table can be re-derived from it.
+
+    python report.py --eval eval/ar.json eval/ddm-adapted.json ... --source data/source.json --seed 0 \\
+        --command "bash examples/mini_paper/run.sh" --seconds 1800 --out ../example_output/mini_paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from plots import plot_generation, plot_validation
+from tiny_pipeline import tiny_module
+from transformers import AutoConfig
+
+from llamafactory.command_line import run_command
+from llamafactory.errors import UserInputError
+from llamafactory.utils.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+tiny_plots = tiny_module("plots")  # trainer_state / loss_history of a finished run
+
+CONDITIONS = {"unconditional": "unconditional (from the record separator)", "prefix": "continuing a held-out prefix"}
+SAMPLE_CHARS = 400
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist; did its pipeline step finish?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def trained_steps(checkpoint: Path) -> int:
+    return int(json.loads(tiny_plots.trainer_state(checkpoint).read_text())["global_step"])
+
+
+def label(model: dict[str, Any]) -> str:
+    """The row name, from what the model is: AR base, adapted (and which ablation), or from scratch."""
+    if model["kind"] == "autoregressive":
+        return "AR base (`pt`)"
+    if model["init"] == "init":
+        return f"diffusion from scratch, {model['diffusion_steps']} steps"
+    missing = [part for part, on in (("shift", model["shift"]), ("annealing", model["anneal_steps"] > 1)) if not on]
+    return "adapted: shift + annealing" if not missing else "adapted without " + " and ".join(missing)
+
+
+def collect(evaluations: list[dict[str, Any]], source: dict[str, Any], seed: int, command: str,
+            seconds: int) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    ar = next((e for e in evaluations if e["kind"] == "autoregressive"), None)
+    if ar is None:
+        raise UserInputError("no measurement of the AR model among --eval (measure.py without --diffusion)")
+    ar_steps = trained_steps(Path(ar["checkpoint"]))
+    config = AutoConfig.from_pretrained(ar["checkpoint"])
+    models = []
+    for evaluation in evaluations:
+        checkpoint = Path(evaluation["checkpoint"])
+        steps = trained_steps(checkpoint)
+        diffusion = evaluation["kind"] == "diffusion"
+        model = {
+            "name": evaluation["name"], "kind": evaluation["kind"], "init": evaluation["init"],
+            "shift": evaluation.get("shift"), "anneal_steps": evaluation.get("anneal_steps"),
+            "ar_steps": ar_steps if (not diffusion or evaluation["init"] == "pt") else 0,
+            "diffusion_steps": steps if diffusion else 0,
+            "likelihood": evaluation["likelihood"], "infilling": evaluation["infilling"],
+            "generation": evaluation["generation"], "samples": evaluation["samples"],
+            "validation": tiny_plots.loss_history(checkpoint, "eval_loss"),
+        }
+        model["label"] = label(model)
+        models.append(model)
+    return {
+        "meta": {
+            "command": command, "seed": seed, "seconds": seconds, "text": source,
+            "model": {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head,
+                      "n_positions": config.n_positions, "vocab_size": config.vocab_size},
+            "evaluation": ar["settings"],
+        },
+        "models": models,
+        "reference": ar["reference"],
+    }
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """A markdown table; ``align`` has one letter per column, ``l`` or ``r``."""
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return ["| " + " | ".join(cells) + " |" for cells in (header, rule, *rows)]
+
+
+def step_labels(models: list[dict[str, Any]]) -> list[str]:
+    """The T values measured for the diffusion models, in order (``n`` = one step per token)."""
+    diffusion = next(m for m in models if m["kind"] == "diffusion")
+    return list(diffusion["generation"]["unconditional"])
+
+
+def quality(cell: dict[str, float] | None) -> str:
+    return "—" if cell is None else f"{cell['gen_ppl']:.1f} / {cell['entropy']:.2f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    """``results.md`` from the content of ``results.json``."""
+    meta, models = results["meta"], results["models"]
+    text, shape, settings = meta["text"], meta["model"], meta["evaluation"]
+    steps = step_labels(models)
+    lines = [
+        "# Adapted vs from-scratch diffusion on real text (mini-paper pipeline)", "",
+        f"`{meta['command']}` (seed {meta['seed']}, {meta['seconds']} s to this report). Text: {text['description']}; "
+        f"documents {text['documents']['train']} train / {text['documents']['test']} held out "
+        f"({text['characters']['train']:,} / {text['characters']['test']:,} characters). Every model is a GPT-2 of "
+        f"{shape['n_layer']} layers, width {shape['n_embd']}, {shape['n_head']} heads, {shape['n_positions']} "
+        f"positions, over a {shape['vocab_size']}-token byte-level BPE trained on the training documents.", "",
+        "## Likelihood and infilling (held-out documents)", "",
+    ]
+    rows = []
+    for m in models:
+        diffusion = m["kind"] == "diffusion"
+        like, infill = m["likelihood"], m["infilling"]
+        rows.append([
+            m["label"], "AR base" if m["init"] == "pt" else "random",
+            ("on" if m["shift"] else "off") if diffusion else "—",
+            (f"{m['anneal_steps']} steps" if m["anneal_steps"] > 1 else "none") if diffusion else "—",
+            str(m["ar_steps"]), str(m["diffusion_steps"]), str(m["ar_steps"] + m["diffusion_steps"]),
+            f"{like['nll']:.3f}" + ("" if like["bound"] else " (exact)"), f"{like['perplexity']:.1f}",
+            f"{infill['token_accuracy']:.1f}", f"{infill['exact_match']:.1f}",
+        ])
+    lines += table(["model", "init", "shift", "annealing", "AR steps", "diffusion steps", "total steps",
+                    "NLL ↓ (nats/token)", "PPL ↓", "infilling token acc. ↑ (%)", "infilling exact ↑ (%)"],
+                   rows, "llllrrrrrrr")
+    lines += [
+        "",
+        f"NLL on the first {settings['windows']} held-out windows of {settings['window_tokens']} tokens, packed as in "
+        "training (token 0 given, the rest scored). For the diffusion models it is the ELBO bound of "
+        f"`llamafactory.ddm.sequence_nll` over {settings['levels']} fixed noise levels (seed {settings['seed']}): an "
+        "**upper bound** on their true NLL, while the AR model's NLL is exact — the gap between the two is not all "
+        "model quality. Infilling: "
+        f"{settings['spans']} spans of {settings['span_words']} whole words on one line in the middle of held-out sentences "
+        f"(at least two words of the sentence on each side), {settings['context']} tokens of context on each side; "
+        "diffusion models see both sides and fill greedily, most confident first, one step per token; the AR model "
+        "sees only the prefix and decodes greedily. Token accuracy is position by position.",
+        "",
+        "## Generation quality: generative perplexity under the AR base ↓ / unigram entropy (nats)", "",
+    ]
+    sampler = settings["sampler"]
+    header = ["model"] + [f"{cond} T = {t}" for cond in CONDITIONS for t in steps]
+    rows = []
+    for m in models:
+        if m["kind"] == "diffusion":
+            cells = [quality(m["generation"][cond].get(t)) for cond in CONDITIONS for t in steps]
+        else:
+            cells = ["—" if t != "n" else quality(m["generation"][cond]["ar"]) for cond in CONDITIONS for t in steps]
+        rows.append([m["label"]] + cells)
+    rows.append(["held-out text"] + ["—" if t != "n" else quality(results["reference"][cond])
+                                     for cond in CONDITIONS for t in steps])
+    lines += table(header, rows, "l" + "r" * (len(header) - 1))
+    lines += [
+        "",
+        f"{settings['samples']} sequences per cell, each filling a {settings['window_tokens']}-token window: "
+        f"unconditional ones start from the record separator, prefixed ones continue the first "
+        f"{settings['prompt_tokens']} tokens of a held-out window. `T = n`: one reverse step per generated token; "
+        "the AR base and the held-out text appear there (left to right). Sampler (`llamafactory.ddm.sample`): "
+        f"strategy `{sampler['strategy']}`, temperature {sampler['temperature']}, top_p {sampler['top_p']}, greedy "
+        f"{str(sampler['greedy']).lower()}; the AR base samples with the same temperature and top_p; every model "
+        "draws with the same per-row seeds. Low entropy flags repetition; a generative perplexity far below the "
+        "held-out text's with low entropy is a degenerate sample, not a good one.",
+        "",
+    ]
+    for cond, title in CONDITIONS.items():
+        lines += [f"## Samples, {title} (the first sequence, T = n; the first {SAMPLE_CHARS} characters)", ""]
+        if cond == "prefix":
+            lines += ["Given:", "", "```text", models[0]["samples"][cond]["prompt"], "```", ""]
+        for m in models:
+            lines += [f"{m['label']}:", "", "```text", m["samples"][cond]["text"][:SAMPLE_CHARS], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eval", type=Path, nargs="+", required=True, help="measure.py outputs, in table order")
+    parser.add_argument("--source", type=Path, required=True, help="source.json of prepare_text.py")
+    parser.add_argument("--seed", type=int, required=True, help="the pipeline's seed")
+    parser.add_argument("--command", required=True, help="the command that ran the pipeline")
+    parser.add_argument("--seconds", type=int, required=True, help="wall time of the pipeline so far")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and the plots")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def action() -> None:
+        results = collect([read_json(p) for p in args.eval], read_json(args.source), args.seed, args.command,
+                          args.seconds)
+        atomic_write_text(args.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(args.out / "results.md", render(results))
+        plot_validation(results, args.out / "validation_loss.png")
+        plot_generation(results, args.out / "generative_perplexity.png")
+        logger.info("wrote results.json, results.md, validation_loss.png and generative_perplexity.png to %s", args.out)
+
+    return run_command(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
