@@ -22,6 +22,10 @@ TOLERANCE = {
     torch.bfloat16: {"rel": 2e-2, "abs": 1e-2},
     torch.float16: {"rel": 2e-3, "abs": 1e-3},
 }
+# Losses and weights after a few optimiser steps of runs that differ only in summation order (N processes
+# vs one accumulating process): Adam divides each gradient by its own running scale, so a last-bit
+# difference in a near-zero gradient can move that weight by a visible fraction of the learning rate.
+AFTER_TRAINING = {"rel": 1e-3, "abs": 1e-4}
 
 
 def close(expected: Any, dtype: torch.dtype = torch.float32) -> Any:

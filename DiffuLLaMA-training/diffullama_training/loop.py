@@ -139,7 +139,8 @@ class Trainer:
         generator = torch.Generator(accelerator.device)
         grad_norm = float("nan")
         for micro_step in range(args.gradient_accumulate_every):
-            generator.manual_seed(noise_seed(args.seed, step, micro_step, self.layout.dp_rank))
+            generator.manual_seed(noise_seed(args.seed, step, micro_step, self.layout.dp_rank,
+                                                 self.layout.dp_size))
             with accelerator.accumulate(self.model):
                 result = self.strategy.step(self.model, next(self.batches), self.tokens.mask_id, generator,
                                             self.anneal(step), accelerator.backward)

@@ -41,7 +41,9 @@ def test_predictions_file(tmp_path):
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"predict": "a", "label": "b"}]
 
 
-def test_noise_seed_depends_on_every_coordinate():
-    seeds = {noise_seed(42, step, micro, rank) for step in range(3) for micro in range(2) for rank in range(2)}
-    assert len(seeds) == 12 and noise_seed(42, 1, 0, 0) == noise_seed(42, 1, 0, 0)
-    assert all(0 <= seed < 2**63 for seed in seeds)
+def test_noise_seed_depends_on_step_and_global_micro_batch():
+    seeds = {noise_seed(42, step, micro, rank, 2) for step in range(3) for micro in range(2) for rank in range(2)}
+    assert len(seeds) == 12 and all(0 <= seed < 2**63 for seed in seeds)
+    assert noise_seed(43, 1, 0, 0) != noise_seed(42, 1, 0, 0)
+    # Two ranks without accumulation draw what one process accumulating two micro-batches draws.
+    assert [noise_seed(42, 5, 0, rank, 2) for rank in range(2)] == [noise_seed(42, 5, micro, 0, 1) for micro in range(2)]

@@ -23,9 +23,9 @@ SFT_LENGTH=24  # cutoff_len of sft and ddm-sft: bos, "reverse", 6 letters, "give
 if [[ "${TINY_QUICK:-0}" == 1 ]]; then
   OUTPUT=${TINY_OUTPUT:-$WORK/example_output}
   ASSET=${TINY_ASSET:-$WORK/diffugpt-tiny}
-  CORPUS=(--corpus-size 3000 --sft-size 600 --test-size 30)
-  PT_KEYS=(max_steps=30 logging_steps=5)
-  DDM_KEYS=(max_steps=40 anneal_steps=10 logging_steps=5)
+  CORPUS=(--corpus-size 3000 --sft-size 600 --test-size 100)
+  PT_KEYS=(max_steps=300 logging_steps=50)
+  DDM_KEYS=(max_steps=600 anneal_steps=50 logging_steps=100)
   SFT_KEYS=(max_steps=30 logging_steps=5)
   AR_SFT_KEYS=(max_steps=30 logging_steps=5)
   EVAL_STEPS=1,n

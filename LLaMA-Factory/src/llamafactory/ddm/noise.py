@@ -29,10 +29,16 @@ class DiffusionLoss:
     num_masked: torch.Tensor
 
 
-def noise_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
-    """A 63-bit generator seed for one micro-batch's noise, distinct for every (run seed, optimiser step,
-    micro-batch, data-parallel rank): a run resumed at any step draws the noise the uninterrupted run drew."""
-    digest = hashlib.sha256(f"{seed}:{step}:{micro_step}:{rank}".encode()).digest()
+def noise_seed(seed: int, step: int, micro_step: int, rank: int = 0, world_size: int = 1) -> int:
+    """A 63-bit generator seed for one micro-batch's noise (docs/design.md#noise-seeds).
+
+    The seed depends on the run seed, the optimiser step and the micro-batch's global index
+    ``micro_step * world_size + rank`` (``rank``/``world_size``: data-parallel), so that N processes with
+    gradient accumulation G draw the noise one process draws with accumulation N * G over the same data
+    order, and a run resumed at any step draws the noise the uninterrupted run drew.
+    """
+    index = micro_step * world_size + rank
+    digest = hashlib.sha256(f"{seed}:{step}:{index}:0".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -61,7 +61,7 @@ class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
         step = self.state.global_step
         self._micro_batch = self._micro_batch + 1 if step == self._noise_step else 0
         self._noise_step = step
-        seed = noise_seed(self.args.seed, step, self._micro_batch, self.args.process_index)
+        seed = noise_seed(self.args.seed, step, self._micro_batch, self.args.process_index, self.args.world_size)
         return torch.Generator(device=device).manual_seed(seed)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
