@@ -19,8 +19,8 @@ from ... import __version__
 from ...errors import UserInputError
 from ...utils.files import check_writable_folder, staged_directory
 from ...utils.hub import resolve_checkpoint_dir
-from ..checkpoints import load_diffusion_lm
 from ..cache import CACHE_MODES
+from ..checkpoints import load_diffusion_lm
 from ..model import DiffusionLM
 from ..strategies import STRATEGIES
 from . import FAMILIES
