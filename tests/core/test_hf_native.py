@@ -5,6 +5,8 @@ to ``llamafactory-cli export`` is one error line and touches nothing."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from llamafactory.ddm import generate, load_diffusion_lm
 from llamafactory.ddm.hf import DiffuGPTForMaskedLM, DiffuLLaMAForMaskedLM, DiffusionGenerationConfig
 from llamafactory.ddm.hf.export import export_native
 from tests.tiny import write_diffugpt_m, write_diffugpt_s, write_diffullama
+from tests.tolerance import assert_tensors_close
 
 WRITERS = {"diffugpt-s": write_diffugpt_s, "diffugpt-m": write_diffugpt_m, "diffullama": write_diffullama}
 CLASSES = {"diffugpt-s": DiffuGPTForMaskedLM, "diffugpt-m": DiffuGPTForMaskedLM, "diffullama": DiffuLLaMAForMaskedLM}
@@ -205,3 +208,52 @@ def test_overwrite_replaces_the_folder_whole(exported, tmp_path, capsys):
     (target / "stale.txt").write_text("old")
     code, _ = _run(["--model_name_or_path", str(source_dir), "--export_dir", str(target), "--overwrite"], capsys)
     assert code == 0 and not (target / "stale.txt").exists() and (target / "config.json").exists()
+
+
+# Run where the package cannot be imported: every sys.path entry holding a `llamafactory` folder is dropped
+# (the editable install's .pth entry included), and the script proves the import fails before loading.
+_WITHOUT_PACKAGE = """
+import importlib.util, json, os, sys
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "llamafactory"))]
+try:
+    import llamafactory  # noqa: F401
+    importable = True
+except ImportError:
+    importable = False
+import torch
+from transformers import AutoModel, AutoTokenizer
+folder, ids = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left", trust_remote_code=True)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+batch = tokenizer(["the cat sees", "one"], return_tensors="pt", padding=True)
+generators = [torch.Generator().manual_seed(seed) for seed in (3, 4)]
+tokens = model.diffusion_generate(**batch, generator=generators, max_new_tokens=8, steps=8, block_length=4)
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+print(json.dumps({"importable": importable, "loaded": "llamafactory" in sys.modules, "module": type(model).__module__,
+                  "tokens": tokens.tolist(), "batch": batch["input_ids"].tolist(), "mask": batch["attention_mask"].tolist(),
+                  "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.parametrize("name", ["diffugpt-s", "diffullama"])
+def test_self_contained_export_loads_and_generates_without_the_package(exported, tmp_path, capsys, name):
+    source_dir, _ = exported[name]
+    folder = tmp_path / "standalone"
+    code, _ = _run(["--model_name_or_path", str(source_dir), "--export_dir", str(folder), "--self-contained"], capsys)
+    assert code == 0 and "auto_map" in json.loads((folder / "config.json").read_text())
+    ids = torch.randint(5, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_PACKAGE, str(folder), json.dumps(ids.tolist())],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["importable"] is False and report["loaded"] is False
+    assert report["module"].startswith("transformers_modules.")
+    source, _ = load_diffusion_lm(source_dir)
+    with torch.no_grad():
+        assert_tensors_close(torch.tensor(report["logits"]), source(ids))
+    expected = generate(source, torch.tensor(report["batch"]), torch.tensor(report["mask"]), generator=_seeded(3, 4),
+                        max_new_tokens=8, steps=8, block_length=4)
+    assert report["tokens"] == expected.tolist()
