@@ -4,6 +4,7 @@ to ``llamafactory-cli export`` is one error line and touches nothing."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -257,3 +258,24 @@ def test_self_contained_export_loads_and_generates_without_the_package(exported,
     expected = generate(source, torch.tensor(report["batch"]), torch.tensor(report["mask"]), generator=_seeded(3, 4),
                         max_new_tokens=8, steps=8, block_length=4)
     assert report["tokens"] == expected.tolist()
+
+
+def test_the_entry_points_read_an_export(exported, capsys):
+    """inf_diffullama.py, the 7B trainer's --model and the lm-eval model load an exported folder."""
+    from diffullama_training.run import load_model
+    from dlm_eval.harness import DiffLLM
+    from llamafactory.quickstart import DIFFULLAMA, main
+
+    source_dir, export_dir = exported["diffullama"]
+    source, _ = load_diffusion_lm(source_dir)
+    assert main(DIFFULLAMA, ["--model_name", str(export_dir), "--diffusion_steps", "4", "--prompt", "the cat",
+                             "--num_samples", "1", "--device", "cpu"]) == 0
+    assert "Prefix generation" in capsys.readouterr().out
+    args = argparse.Namespace(mask_token=None, attn_implementation="sdpa", gradient_checkpointing=False)
+    model, tokenizer, tokens = load_model(args, export_dir, torch.float32)
+    assert tokens.mask_id == source.mask_id and tokenizer is not None
+    harness = DiffLLM(str(export_dir), device="cpu", dtype="float32")
+    assert harness.engine.model.tokens == source.tokens
+    ids = torch.randint(5, 300, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, source(ids), rtol=0, atol=1e-5)
