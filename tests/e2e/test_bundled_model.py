@@ -28,7 +28,7 @@ def bundled():
 
 def test_layout_size_and_config(bundled):
     model, tokenizer = bundled
-    assert detect_layout(BUNDLED_MODEL) == "wrapper"
+    assert detect_layout(BUNDLED_MODEL) == "hf" and type(model.causal_lm()).__name__ == "DiffuGPTForMaskedLM"
     assert sum(f.stat().st_size for f in BUNDLED_MODEL.iterdir()) <= 10 * 2**20
     assert model.config.is_causal is False
     assert model.mask_id == tokenizer.mask_token_id

@@ -20,13 +20,15 @@ from ...errors import UserInputError
 from ...utils.files import check_writable_folder, staged_directory
 from ...utils.hub import resolve_checkpoint_dir
 from ..cache import CACHE_MODES
-from ..checkpoints import load_diffusion_lm
+from ..checkpoints import check_window, load_diffusion_lm, record_generation_length
 from ..model import DiffusionLM
 from ..strategies import STRATEGIES
 from . import FAMILIES
 from .generation_diffusion import DiffusionGenerationConfig
 from .standalone import auto_map, write_modeling_code
 
+DESCRIPTION = ("A masked (absorbing-state) diffusion language model adapted from an autoregressive one, as in "
+               '"Scaling Diffusion Language Models via Adaptation from Autoregressive Models" (Gong et al., ICLR 2025).')
 # Config keys that name the class or the code, not the model; the exported config sets its own.
 _CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 
@@ -39,16 +41,17 @@ tags:
 
 # {name}
 
-A masked (absorbing-state) diffusion language model ({model_type}), adapted from an autoregressive
-{base_type} model as in "Scaling Diffusion Language Models via Adaptation from Autoregressive Models"
-(Gong et al., ICLR 2025). Exported by `llamafactory-cli export` ({package} {version}) from `{source}`.
+{description}
+
+Exported by `llamafactory-cli export` ({package} {version}): a Hugging Face-native `{model_type}` model
+(weights named as transformers' `{base_type}` ones).
 
 ```python
 {snippet}
 ```
 
-`generate` / `diffusion_generate` run the diffusion sampler (not left-to-right decoding). Their defaults
-are in `generation_config.json` ({defaults}); any of them can be passed as a keyword, e.g. `steps`,
+`generate` / `diffusion_generate` run the diffusion sampler, not left-to-right decoding. Their defaults
+are in `generation_config.json` ({defaults}); each can be passed as a keyword, e.g. `steps`,
 `block_length`, `strategy` ({strategies}), `cache` ({caches}), `temperature`, `top_p`, `generator`.
 """
 
@@ -133,22 +136,34 @@ def export_native(
     overwrite: bool = False,
     dtype: torch.dtype | None = None,
     max_shard_size: str = "5GB",
+    generation_length: int | None = None,
+    description: str = DESCRIPTION,
+    card_path: str | None = None,
 ) -> Path:
     """Write ``source`` (any checkpoint ``load_diffusion_lm`` reads, ``adapters`` merged) to ``export_dir`` in
-    the Hugging Face-native format; the folder appears whole or not at all."""
+    the Hugging Face-native format; the folder appears whole or not at all.
+
+    ``generation_length`` replaces the recorded sampling length; ``description`` opens the model card, whose
+    snippet loads the folder from ``card_path`` (default: its name).
+    """
     directory = Path(export_dir)
     source_dir = resolve_checkpoint_dir(source)
     check_export_target(directory, source=source_dir, overwrite=overwrite)
     model, tokenizer = load_diffusion_lm(source_dir, base_model=base_model, adapters=adapters, dtype=dtype)
     native = native_model(model)
+    if generation_length is not None:
+        if generation_length < 1:
+            raise UserInputError(f"the generation length must be >= 1, got {generation_length}")
+        check_window(native.config, generation_length, f"generation length {generation_length}")
+        record_generation_length(native.config, generation_length)
     _name_roles(tokenizer, native)
     if self_contained:
         native.config.auto_map = auto_map(type(native.config), type(native))
     defaults = native.generation_config
     card = MODEL_CARD.format(
-        name=directory.name, model_type=native.config.model_type, base_type=_family(native.config.model_type)[0],
-        package=__package__.split(".")[0], version=__version__, source=source,
-        snippet=load_snippet(directory.name, self_contained), strategies=", ".join(STRATEGIES),
+        name=directory.name, description=description, model_type=native.config.model_type, base_type=_family(native.config.model_type)[0],
+        package=__package__.split(".")[0], version=__version__,
+        snippet=load_snippet(card_path or directory.name, self_contained), strategies=", ".join(STRATEGIES),
         caches=", ".join(CACHE_MODES),
         defaults=f"steps={defaults.steps}, temperature={defaults.temperature}, top_p={defaults.top_p}, "
                  f"strategy={defaults.strategy!r}",
