@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", default=None,
                         help="base AR model, for its config/tokenizer when the checkpoint lacks them")
     add_bool_flag(parser, "--self_contained", False,
-                  "also write the modeling code (auto_map), for trust_remote_code=True without this package")
+                  "also write the modeling code (auto_map), for trust_remote_code=True without this package "
+                  "(also spelled --self-contained)")
     parser.add_argument("--self-contained", dest="self_contained", action="store_const", const=True,
                         help=argparse.SUPPRESS)
     add_bool_flag(parser, "--overwrite", False, "replace a non-empty export_dir")
