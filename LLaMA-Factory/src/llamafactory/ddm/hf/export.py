@@ -73,6 +73,18 @@ def load_snippet(path: str, self_contained: bool) -> str:
     ])
 
 
+def model_card(native: PreTrainedModel, name: str, description: str, path: str, self_contained: bool) -> str:
+    """README.md of an export: what the model is, the load-and-generate snippet, the sampler's defaults."""
+    defaults = native.generation_config
+    return MODEL_CARD.format(
+        name=name, description=description, model_type=native.config.model_type,
+        base_type=_family(native.config.model_type)[0], package=__package__.split(".")[0], version=__version__,
+        snippet=load_snippet(path, self_contained), strategies=", ".join(STRATEGIES), caches=", ".join(CACHE_MODES),
+        defaults=f"steps={defaults.steps}, temperature={defaults.temperature}, top_p={defaults.top_p}, "
+                 f"strategy={defaults.strategy!r}",
+    )
+
+
 def _family(model_type: str) -> tuple[str, type, type]:
     """``(AR model type, config class, model class)`` of an AR or an exported model type."""
     for base_type, (config_class, model_class) in FAMILIES.items():
@@ -101,14 +113,15 @@ def native_model(model: DiffusionLM) -> PreTrainedModel:
         owner, _, attribute = name.rpartition(".")
         native.get_submodule(owner).register_buffer(attribute, buffer, persistent=name in causal.state_dict())
     native.tie_weights()
-    native.generation_config = DiffusionGenerationConfig.adopt(causal.generation_config) \
-        if causal.generation_config is not None else DiffusionGenerationConfig()
+    source_defaults = causal.generation_config
+    native.generation_config = DiffusionGenerationConfig() if source_defaults is None else \
+        DiffusionGenerationConfig.adopt(source_defaults)
     native.generation_config.update(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                     pad_token_id=config.pad_token_id)
     return native.eval()
 
 
-def _name_roles(tokenizer: Any, native: PreTrainedModel) -> None:
+def _give_pad_token(tokenizer: Any, native: PreTrainedModel) -> None:
     """A tokenizer without a pad token pads with EOS when the model knows no pad id (as every loader does), so
     that ``tokenizer(..., padding=True)`` works; the ids themselves are recorded in config.json."""
     if tokenizer.pad_token is None and native.config.pad_token_id is None and tokenizer.eos_token is not None:
@@ -156,18 +169,10 @@ def export_native(
             raise UserInputError(f"the generation length must be >= 1, got {generation_length}")
         check_window(native.config, generation_length, f"generation length {generation_length}")
         record_generation_length(native.config, generation_length)
-    _name_roles(tokenizer, native)
+    _give_pad_token(tokenizer, native)
     if self_contained:
         native.config.auto_map = auto_map(type(native.config), type(native))
-    defaults = native.generation_config
-    card = MODEL_CARD.format(
-        name=directory.name, description=description, model_type=native.config.model_type, base_type=_family(native.config.model_type)[0],
-        package=__package__.split(".")[0], version=__version__,
-        snippet=load_snippet(card_path or directory.name, self_contained), strategies=", ".join(STRATEGIES),
-        caches=", ".join(CACHE_MODES),
-        defaults=f"steps={defaults.steps}, temperature={defaults.temperature}, top_p={defaults.top_p}, "
-                 f"strategy={defaults.strategy!r}",
-    )
+    card = model_card(native, directory.name, description, card_path or directory.name, self_contained)
     with staged_directory(directory) as staging:
         native.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(staging)
