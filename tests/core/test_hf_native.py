@@ -258,6 +258,7 @@ def test_self_contained_export_loads_and_generates_without_the_package(exported,
     expected = generate(source, torch.tensor(report["batch"]), torch.tensor(report["mask"]), generator=_seeded(3, 4),
                         max_new_tokens=8, steps=8, block_length=4)
     assert report["tokens"] == expected.tolist()
+    assert type(AutoModel.from_pretrained(folder)) is CLASSES[name]  # with the package: its classes, no remote code
 
 
 def test_the_entry_points_read_an_export(exported, capsys):
