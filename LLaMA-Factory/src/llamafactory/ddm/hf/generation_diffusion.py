@@ -55,7 +55,7 @@ class DiffusionGenerationConfig(GenerationConfig):
         use transformers' ``do_sample`` or a peer's alias, e.g. ``gen_length``, ``alg``)."""
         settings: dict[str, Any] = {name: getattr(self, name) for name in DIFFUSION_SETTINGS}
         settings.update(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        top_k=self.top_k, greedy=not self.do_sample, suppress_tokens=tuple(self.suppress_tokens or ()))
+                        top_k=self.top_k, greedy=self.do_sample is False, suppress_tokens=tuple(self.suppress_tokens or ()))
         overrides = dict(overrides)
         if "do_sample" in overrides:
             overrides["greedy"] = not overrides.pop("do_sample")
