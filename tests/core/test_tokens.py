@@ -121,3 +121,15 @@ def test_new_embedding_rows_start_at_the_mean_of_the_old_ones():
     assert torch.equal(model.get_input_embeddings().weight[:300], old)
     assert (new.mean(dim=0) - old.mean(dim=0)).abs().max() < 4 / 64 ** 0.5 / 400 ** 0.5  # 4 standard errors
     assert new.std().item() == pytest.approx(1 / 64 ** 0.5, rel=0.1)
+
+
+def test_an_exported_config_supplies_the_ids_its_tokenizer_lacks():
+    from llamafactory.ddm.hf import DiffuLLaMAConfig
+
+    tokenizer = tiny_tokenizer(with_mask=False)
+    tokenizer.pad_token = tokenizer.sep_token = None
+    config = DiffuLLaMAConfig(vocab_size=len(tokenizer), mask_token_id=7, pad_token_id=8, sep_token_id=9)
+    tokens = resolve_special_tokens(tokenizer, config.model_type, len(tokenizer), config=config, recorded_mask_id=7)
+    assert (tokens.mask_id, tokens.pad_id, tokens.sep_id) == (7, 8, 9)
+    plain = GPT2Config(vocab_size=len(tokenizer), pad_token_id=8)  # an AR config's pad id is not a diffusion record
+    assert resolve_special_tokens(tokenizer, "gpt2", len(tokenizer), config=plain, recorded_mask_id=7).pad_id is None

@@ -4,6 +4,7 @@ held-out records as well as example_output/results.json reports."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ def bundled():
 
 def test_layout_size_and_config(bundled):
     model, tokenizer = bundled
-    assert detect_layout(BUNDLED_MODEL) == "wrapper"
+    assert detect_layout(BUNDLED_MODEL) == "hf" and type(model.causal_lm()).__name__ == "DiffuGPTForMaskedLM"
     assert sum(f.stat().st_size for f in BUNDLED_MODEL.iterdir()) <= 10 * 2**20
     assert model.config.is_causal is False
     assert model.mask_id == tokenizer.mask_token_id
@@ -73,3 +74,18 @@ def test_readme_quick_start_command_runs_offline_and_prints_both_samples():
     assert "Unconditional generation" in result.stdout and "Prefix generation" in result.stdout
     samples = result.stdout.split("Unconditional generation", 1)[1]
     assert len(samples.split()) > 40
+
+
+def test_readme_hugging_face_snippet_loads_generates_and_decodes(capsys, monkeypatch):
+    """The README's six lines: load the bundled model through the Auto classes, generate for a left-padded
+    batch, decode."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Hugging Face-native models", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) == 6
+    monkeypatch.chdir(REPO)
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the repository's own README
+    decoded = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [text.split()[:2] for text in decoded] == [["the", "capital"], ["red", "green"]]
+    assert all(len(text.split()) > 4 for text in decoded)
+

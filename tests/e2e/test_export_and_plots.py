@@ -27,10 +27,10 @@ def ddm_checkpoint(pipeline_tokenizer, tmp_path_factory):
     return folder, model
 
 
-def test_export_writes_the_wrapper_layout_that_loads_back_identically(ddm_checkpoint, pipeline_tokenizer, tmp_path):
+def test_export_writes_the_hf_native_format_that_loads_back_identically(ddm_checkpoint, pipeline_tokenizer, tmp_path):
     folder, model = ddm_checkpoint
     out = pipeline_module("export").export(folder, tmp_path / "diffugpt-tiny", length=48)
-    assert detect_layout(out) == "wrapper"
+    assert detect_layout(out) == "hf" and json.loads((out / "config.json").read_text())["model_type"] == "diffugpt"
     assert json.loads((out / "config.json").read_text())["task_specific_params"]["text-generation"]["max_length"] == 48
     assert "assets/diffugpt-tiny" in (out / "README.md").read_text()
     loaded, tokenizer = load_diffusion_lm(out)
@@ -52,7 +52,7 @@ def test_export_refuses_an_oversized_model_and_keeps_what_is_there(ddm_checkpoin
 
 
 def test_export_rejects_a_length_beyond_the_position_table(ddm_checkpoint, tmp_path):
-    with pytest.raises(UserInputError, match="between 1 and the model's 64 positions"):
+    with pytest.raises(UserInputError, match="more than the 64 the model covers"):
         pipeline_module("export").export(ddm_checkpoint[0], tmp_path / "out", length=65)
 
 

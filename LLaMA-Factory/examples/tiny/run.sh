@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole DiffuGPT recipe in miniature, on CPU, offline:
 #   synthetic corpus -> BPE tokenizer -> random tiny GPT-2 -> pt (AR) -> sft (AR baseline on reversal)
-#   -> ddm (adaptation of the pt model) -> ddm-sft (reversal) -> AR vs diffusion evaluation + loss plots (example_output/) -> export in the DiffuGPT Hub layout (assets/)
+#   -> ddm (adaptation of the pt model) -> ddm-sft (reversal) -> AR vs diffusion evaluation + loss plots (example_output/) -> export in the Hugging Face-native format (assets/)
 #
 #   cd LLaMA-Factory && bash examples/tiny/run.sh          # full run, ~9 minutes on 2 CPU cores (example_output/pipeline.log has the measured time)
 #   TINY_QUICK=1 bash examples/tiny/run.sh                 # shortened version (CI); writes only under TINY_WORK

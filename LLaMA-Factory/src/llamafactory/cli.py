@@ -1,4 +1,4 @@
-"""``llamafactory-cli``: train / version / env / help.
+"""``llamafactory-cli``: train / export / version / env / help.
 
 ``train`` runs in this process, or relaunches itself through torchrun when ``FORCE_TORCHRUN=1`` is set or
 more than one GPU is visible; torchrun is then configured from ``NNODES``, ``NODE_RANK``,
@@ -21,6 +21,8 @@ USAGE = f"""llamafactory-cli {__version__}: diffusion LMs adapted from autoregre
 
 usage:
   llamafactory-cli train CONFIG.yaml [key=value ...]   train / evaluate / predict as the config says
+  llamafactory-cli export --model_name_or_path SRC --export_dir DIR [--self-contained] [--overwrite]
+                                                       write SRC as a Hugging Face-native model (see export --help)
   llamafactory-cli version                             print the version
   llamafactory-cli env                                 print library versions and devices
   llamafactory-cli help                                print this message
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return train(argv)
+    if command == "export":
+        from .export import main as export_main
+
+        return export_main(argv)
     if command == "version":
         print(__version__)
         return 0

@@ -1,8 +1,10 @@
-"""Export a ``ddm`` checkpoint in the DiffuGPT Hub layout (docs/design.md#checkpoint-layouts) as the bundled default model.
+"""Export a ``ddm`` checkpoint in the Hugging Face-native format (docs/design.md#hf-native-format) as the
+bundled default model.
 
-The folder gets the GPT-2 ``config.json`` (bidirectional, with its sampling length), one
-``model.safetensors`` with ``embed_tokens.*`` / ``denoise_model.*`` keys, the tokenizer files and a
-short model card; ``python inf_diffugpt.py --model_name <folder>`` samples from it offline.
+The folder is what ``llamafactory-cli export`` writes: a ``diffugpt`` config.json (bidirectional, with its
+sampling length and special token ids), one ``model.safetensors`` named as GPT-2's, generation_config.json,
+the tokenizer files and a model card; ``python inf_diffugpt.py --model_name <folder>`` and
+``AutoModel.from_pretrained(<folder>)`` (after ``import llamafactory``) load it offline.
 
     python export.py --checkpoint output/tiny/ddm --out ../assets/diffugpt-tiny
 """
@@ -13,26 +15,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from llamafactory.ddm import load_causal_lm, load_tokenizer, save_diffusion_checkpoint
+from llamafactory.ddm import load_causal_lm
+from llamafactory.ddm.hf.export import export_native
 from llamafactory.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024
 
-MODEL_CARD = """# {name}
-
-A tiny DiffuGPT ({params:.2f}M parameters, GPT-2 shaped, {layers} layers, width {width}, vocabulary {vocab})
+DESCRIPTION = """A tiny DiffuGPT ({params:.2f}M parameters, GPT-2 shaped, {layers} layers, width {width}, vocabulary {vocab})
 built on CPU in minutes by `LLaMA-Factory/examples/tiny/run.sh`: AR pre-training (`pt`) on a synthetic
 corpus, then adaptation to diffusion (`ddm`, attention-mask annealing, shift). It knows only the corpus of
 `examples/tiny/pipeline/synthetic.py` — capitals, echoed colours, one-digit sums, reversals and templated
-sentences — and is meant for trying the project offline, not for real text.
+sentences — and is meant for trying the project offline, not for real text. Mask token `<mask>`, sampling
+length {length} tokens.
 
-Layout: the DiffuGPT Hub layout (wrapper keys `embed_tokens.*` / `denoise_model.*`, tied head), mask token
-`<mask>`, sampling length {length} tokens.
-
-    python inf_diffugpt.py --model_name {path}
-"""
+    python inf_diffugpt.py --model_name {path}"""
 
 
 def folder_bytes(folder: Path) -> int:
@@ -40,25 +38,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 def export(checkpoint: Path, out: Path, length: int) -> Path:
-    """Write the wrapper layout of ``checkpoint`` to ``out`` (atomically) with its tokenizer and card."""
+    """Write ``checkpoint`` to ``out`` (replaced atomically) in the Hugging Face-native format."""
     model = load_causal_lm(checkpoint)
-    tokenizer = load_tokenizer(checkpoint)
-    limit = model.config.n_positions
-    if not 0 < length <= limit:
-        raise UserInputError(f"--length {length} must be between 1 and the model's {limit} positions")
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if weight_bytes > MAX_BYTES:
         raise UserInputError(
             f"{checkpoint} holds {weight_bytes / 2**20:.1f} MiB of weights, over the {MAX_BYTES // 2**20} MiB "
             "limit for bundled models"
         )
-    save_diffusion_checkpoint(model, out, layout="wrapper", tokenizer=tokenizer, generation_length=length)
-    config = model.config
-    (out / "README.md").write_text(MODEL_CARD.format(
-        name=out.name, params=model.num_parameters() / 1e6, layers=config.n_layer, width=config.n_embd,
-        vocab=config.vocab_size, length=length, path=f"assets/{out.name}",
-    ))
-    return out
+    config, path = model.config, f"assets/{out.name}"
+    description = DESCRIPTION.format(params=model.num_parameters() / 1e6, layers=config.n_layer, width=config.n_embd,
+                                     vocab=config.vocab_size, length=length, path=path)
+    return export_native(checkpoint, out, overwrite=True, generation_length=length, description=description,
+                         card_path=path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,12 +16,19 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserInputError
-from .checkpoints import position_limit
+from .checkpoints.metadata import position_limit
 from .model import DiffusionLM
 from .sampling import SamplingConfig, sample
 from .strategies import Strategy, resolve_rule
 
 _DEFAULT = SamplingConfig()
+
+# Peers' spellings accepted by ``generate`` and the settings each stands for: a caller who gives one
+# replaces the defaults of those settings (``alg`` and ``remasking`` name a rule and a confidence measure).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "gen_length": ("max_new_tokens",), "block_size": ("block_length",),
+    "alg": ("strategy", "confidence"), "remasking": ("strategy", "confidence"),
+}
 
 
 @dataclass

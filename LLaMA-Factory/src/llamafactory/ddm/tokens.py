@@ -116,7 +116,8 @@ def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, 
                            recorded_mask_id: int | None = None) -> SpecialTokens:
     """Special token ids for a model: tokenizer files win, the published table (docs/design.md#special-tokens) fills the gaps.
 
-    ``config`` (the model's) lets the table recognise a model by the shape of its AR base (DiffuGPT-M).
+    ``config`` (the model's) lets the table recognise a model by the shape of its AR base (DiffuGPT-M); the
+    config of a Hugging Face-native export records the pad and separator ids itself.
     ``recorded_mask_id`` (the mask id a checkpoint's config records, ``recorded_mask_id(config)``) comes
     before the tokenizer's. Raises UserInputError when no mask token is known, rather than guessing one.
     """
@@ -138,6 +139,9 @@ def resolve_special_tokens(tokenizer: Any, model_type: str, vocab_size: int, *, 
     if table is not None:
         pad_id = pad_id if pad_id is not None else table.pad_id
         sep_id = sep_id if sep_id is not None else table.sep_id
+    if getattr(config, "records_special_tokens", False):  # a Hugging Face-native export's config.json
+        pad_id = pad_id if pad_id is not None else config.pad_token_id
+        sep_id = sep_id if sep_id is not None else config.sep_token_id
     bos_id = _token_id(tokenizer, "bos_token")
     eos_id = _token_id(tokenizer, "eos_token")
     if mask_id >= vocab_size:
