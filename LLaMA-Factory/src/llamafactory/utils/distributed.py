@@ -58,6 +58,17 @@ def gather_to_main(value: Any, launch: Launch) -> list[Any] | None:
     return gathered
 
 
+def all_gather_tensor(tensor: torch.Tensor, launch: Launch) -> torch.Tensor:
+    """Every process's ``tensor`` (same shape everywhere), stacked (0-d) or concatenated along dim 0, on
+    ``tensor``'s device; sent through the gloo group on CPU."""
+    if launch.world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor, device="cpu") for _ in range(launch.world_size)]
+    dist.all_gather(parts, tensor.cpu())
+    joined = torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+    return joined.to(tensor.device)
+
+
 def shard_indices(count: int, world_size: int, rank: int) -> list[int]:
     """This process's example indices ``rank, rank + world_size, ...``; every process gets
     ``ceil(count / world_size)`` of them (the last index repeated where needed)."""
