@@ -248,7 +248,7 @@ def _run_task(engine: Engine, task: Task, examples: list[Any], settings: Setting
     done = progress.finished()
     if done:
         logger.info("%s: resuming, %d of %d examples already done", task.name, len(done), len(examples))
-    mine = [i for i in sorted(set(shard_indices(len(examples), launch.world_size, launch.rank))) if i not in done]
+    mine = [i for i in shard_indices(len(examples), launch.world_size, launch.rank, pad=False) if i not in done]
     engine.meter = GenerationMeter()
     finished: list[tuple[int, dict[str, Any]]] = []
     used: dict[str, Any] | None = None

@@ -69,11 +69,12 @@ def all_gather_tensor(tensor: torch.Tensor, launch: Launch) -> torch.Tensor:
     return joined.to(tensor.device)
 
 
-def shard_indices(count: int, world_size: int, rank: int) -> list[int]:
-    """This process's example indices ``rank, rank + world_size, ...``; every process gets
-    ``ceil(count / world_size)`` of them (the last index repeated where needed)."""
-    if count == 0:
-        return []
+def shard_indices(count: int, world_size: int, rank: int, *, pad: bool = True) -> list[int]:
+    """This process's example indices ``rank, rank + world_size, ...``; with ``pad`` every process gets
+    ``ceil(count / world_size)`` of them (the last index repeated where needed, for sharded models that
+    must run the same number of forward passes)."""
+    if count == 0 or not pad:
+        return list(range(rank, count, world_size))
     per_rank = -(-count // world_size)
     return [min(rank + world_size * i, count - 1) for i in range(per_rank)]
 
