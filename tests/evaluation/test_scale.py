@@ -15,7 +15,7 @@ import pytest
 from dlm_eval.cli import DIFFUGPT, main
 from tests.commands import bare_environment
 from tests.tolerance import assert_records_match
-from tests.training.conftest import torchrun
+from tests.training.conftest import free_port, torchrun
 
 from .common import FIXTURES
 from .test_harness import DOCS, REPO, task_dir  # noqa: F401  (the harness tests' local tasks)
@@ -37,7 +37,7 @@ def _metrics(output: Path) -> dict[str, dict[str, float]]:
     return {task: entry["metrics"] for task, entry in json.loads((output / "results.json").read_text())["tasks"].items()}
 
 
-def _run(command: list[str], home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(command: list[str], home: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                                env=bare_environment(home, OMP_NUM_THREADS="1"))
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -126,14 +126,16 @@ def test_a_finished_task_is_skipped_and_no_resume_evaluates_it_again(random_chec
 
 
 @pytest.mark.slow
-def test_lm_eval_data_parallel_gives_the_metrics_of_one_process(planted_diffugpt_dir, task_dir, tmp_path):  # noqa: F811
+def test_lm_eval_data_parallel_under_accelerate_gives_the_metrics_of_one_process(planted_diffugpt_dir, task_dir, tmp_path):  # noqa: F811
     tasks = ["planted_choice", "planted_word"]  # every process needs a document: 2 each
     assert all(len(DOCS[name.removeprefix("planted_")]) >= 2 for name in tasks)
     arguments = [str(REPO / "evaluation" / "lm_eval_diffllm.py"), "--model", "diffllm", "--model_args",
                  f"pretrained={planted_diffugpt_dir},diffusion_steps=4", "--tasks", ",".join(tasks),
                  "--include_path", str(task_dir)]  # no --device: lm-eval passes cuda:0, which must not crash
     metrics = {}
-    for name, launcher in (("one", [sys.executable]), ("two", [*torchrun(2)])):
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                  "--main_process_port", str(free_port())]
+    for name, launcher in (("one", [sys.executable]), ("two", accelerate)):
         _run([*launcher, *arguments, "--output_path", str(tmp_path / name)], tmp_path)
         written = json.loads(next((tmp_path / name).rglob("results_*.json")).read_text())["results"]
         metrics[name] = {task: written[task]["acc,none"] for task in tasks}
