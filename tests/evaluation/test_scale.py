@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dlm_eval.cli import DIFFUGPT, main
+from dlm_eval.harness import harness_device
+from llamafactory.utils.distributed import SINGLE_PROCESS, Launch
 from tests.commands import bare_environment
 from tests.tolerance import assert_records_match
 from tests.training.conftest import free_port, torchrun
@@ -141,3 +144,14 @@ def test_lm_eval_data_parallel_under_accelerate_gives_the_metrics_of_one_process
         metrics[name] = {task: written[task]["acc,none"] for task in tasks}
     assert metrics["one"] == {"planted_choice": 1.0, "planted_word": 0.5}
     assert metrics["two"] == metrics["one"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without CUDA")
+def test_the_harness_and_the_launch_pick_devices_that_exist():
+    assert harness_device("cuda:0", SINGLE_PROCESS) == torch.device("cpu")  # lm-eval's default on a CPU machine
+    assert harness_device("cuda", SINGLE_PROCESS) == torch.device("cpu")
+    assert harness_device(None, SINGLE_PROCESS) == torch.device("cpu")
+    assert harness_device("cpu", Launch(rank=1, world_size=2, local_rank=1)) == torch.device("cpu")
+    assert Launch(rank=3, world_size=4, local_rank=1).device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert Launch(rank=3, world_size=4, local_rank=1).device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert SINGLE_PROCESS.device(torch.device("cuda")) == torch.device("cuda")
