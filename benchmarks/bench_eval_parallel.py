@@ -5,10 +5,11 @@ DiffuGPT, side by side in one run, and whether both wrote the same per-example r
     python benchmarks/bench_eval_parallel.py --processes 4 --examples 200
 
 The data are written to a temporary folder in the published formats (GSM8K ``test.jsonl``, LAMBADA's
-plain-text file), so nothing is downloaded. Each process runs one CPU thread. Two times are printed per
-run: the whole command (interpreter start-up, imports and model loading included) and the evaluation
-alone (the ``seconds`` of each task in ``results.json``). The speed-up is bounded by the cores the machine
-gives the processes.
+plain-text file), so nothing is downloaded. Each process runs one CPU thread. Per run it prints the wall
+time of the whole command (interpreter start-up, imports and model loading included), of the evaluation
+alone (the ``seconds`` of each task in ``results.json``) and the CPU time all its processes used. The
+speed-up is bounded by the idle cores the machine gives the processes: on a busy machine the wall times
+stay alike while the CPU time shows the work was split.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,13 @@ def write_data(folder: Path, examples: int) -> None:
     (folder / "lambada" / "lambada_test_plain_text.txt").write_text("\n".join(passages) + "\n")
 
 
-def run(processes: int, data: Path, output: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """(command wall seconds, evaluation seconds) of one evaluation into ``output``."""
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(processes: int, data: Path, output: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(command wall seconds, evaluation seconds, CPU seconds of all processes) of one evaluation into ``output``."""
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
     command = [*launcher, str(REPO / "evaluation" / "eval-diffugpt.py"), "--model_name", args.model,
@@ -47,11 +54,11 @@ def run(processes: int, data: Path, output: Path, args: argparse.Namespace) -> t
                "--gsm8k_steps", str(args.steps), "--batch_size", str(args.batch_size), "--device", "cpu",
                "--output_dir", str(output)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_seconds()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _children_cpu_seconds() - cpu
     tasks = json.loads((output / "results.json").read_text())["tasks"]
-    return wall, sum(entry["seconds"] for entry in tasks.values())
+    return wall, sum(entry["seconds"] for entry in tasks.values()), cpu
 
 
 def main() -> None:
@@ -72,11 +79,11 @@ def main() -> None:
                    for task in ("gsm8k", "lambada"))
     print(f"{args.examples} GSM8K (T={args.steps}, {args.length} tokens) + {2 * args.examples} LAMBADA examples, "
           f"batch {args.batch_size}, {os.cpu_count()} CPU cores")
-    print(f"{'processes':>9} {'command s':>10} {'evaluation s':>13}")
-    print(f"{1:>9} {one[0]:>10.1f} {one[1]:>13.1f}")
-    print(f"{args.processes:>9} {many[0]:>10.1f} {many[1]:>13.1f}")
+    print(f"{'processes':>9} {'command s':>10} {'evaluation s':>13} {'CPU s':>7}")
+    print(f"{1:>9} {one[0]:>10.1f} {one[1]:>13.1f} {one[2]:>7.1f}")
+    print(f"{args.processes:>9} {many[0]:>10.1f} {many[1]:>13.1f} {many[2]:>7.1f}")
     print(f"speed-up 1 -> {args.processes}: command {one[0] / many[0]:.2f}x, evaluation {one[1] / many[1]:.2f}x; "
-          f"identical records: {same}")
+          f"identical records: {same}; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
