@@ -7,6 +7,7 @@ hole is generated from the prefix alone, since a left-to-right model cannot see 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from transformers import PreTrainedModel
 from llamafactory.model.generation import generate_continuations
 from llamafactory.model.tokenizer import framing_tokens
 
-from .engine import Decoding, FillRequest, window
+from .engine import Decoding, FillRequest, GenerationMeter, window
 from .text import fit_infill, fit_pair
 
 
@@ -29,6 +30,7 @@ class AutoregressiveEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.decoding = Decoding(greedy=True, strategy="topk")
+        self.meter = GenerationMeter()
         self.max_length = window(model.config)
         eos = tokenizer.eos_token_id
         self.eos_ids = frozenset({int(eos)} if eos is not None else set())
@@ -88,7 +90,10 @@ class AutoregressiveEngine:
         """
         steps = max(n for _, n in rows)
         prompts = [fit_infill(prefix, steps, [], self.max_length)[0] for prefix, _ in rows]
+        started = time.perf_counter()
         generated = generate_continuations(self.model, prompts, steps, pad_id=self._pad_id, eos_ids=self.eos_ids)
+        self.meter.add(GenerationMeter(len(rows), sum(n for _, n in rows), steps * len(rows),
+                                       time.perf_counter() - started))
         return [hole[:length] for hole, (_, length) in zip(generated, rows)]
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:

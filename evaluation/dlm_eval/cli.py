@@ -3,6 +3,8 @@
 Order of work: parse and check the flags, load every selected task's data (so a missing file fails in
 seconds), then load the model, evaluate task by task, and print the paper-layout table. Device, dtype,
 attention and boolean flags are read by the quick-start command's helpers, so both commands agree.
+Under ``torchrun`` / ``accelerate launch`` every process evaluates its share of each task on its own
+device (``cuda:LOCAL_RANK``) and the main process writes the results (``dlm_eval.runner``).
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from llamafactory.command_line import (
 from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.errors import UserInputError
 from llamafactory.sampler_flags import add_sampler_arguments, fast_generation_settings
+from llamafactory.utils.distributed import SINGLE_PROCESS, Launch, close_process_group, init_object_group
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
 from .ar_engine import AutoregressiveEngine
 from .data import DataSource
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, Engine
-from .runner import check_results_dir, load_examples, run_tasks
+from .runner import check_results_dir, load_examples, run_identity, run_tasks
 from .tasks import PROMPT_FORMATS, TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
@@ -91,6 +94,12 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     run.add_argument("--batch_size", type=int, default=32, help="rows per forward pass; results do not depend on it")
     run.add_argument("--seed", type=int, default=0, help="seed of noise levels and per-example samplers")
     run.add_argument("--output_dir", default=None, help="default: output/eval/<model name>")
+    add_bool_flag(run, "--resume", True,
+                  "continue an unfinished run of the same model, tasks and settings in --output_dir and skip "
+                  "tasks it finished (default true; --no_resume or --resume false starts them over)")
+    run.add_argument("--no_resume", dest="resume", action="store_false", help="the same as --resume false")
+    run.add_argument("--save_every", type=int, default=256,
+                     help="each process saves its finished examples after every N (what a kill can lose)")
     if family.kind == "diffusion":
         sampling = parser.add_argument_group("diffusion")
         sampling.add_argument("--diffusion_steps", type=int, default=32,
@@ -122,7 +131,7 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    positive = {"--batch_size": args.batch_size, "--code_workers": args.code_workers,
+    positive = {"--batch_size": args.batch_size, "--code_workers": args.code_workers, "--save_every": args.save_every,
                 "--diffusion_steps": getattr(args, "diffusion_steps", 1),
                 "--gsm8k_steps": getattr(args, "gsm8k_steps", 1)}
     if args.limit is not None:
@@ -150,9 +159,9 @@ def settings_from(args: argparse.Namespace, family: Family) -> Settings:
     )
 
 
-def load_engine(family: Family, args: argparse.Namespace) -> Engine:
-    """The model named by the flags, wrapped as the engine its family evaluates with."""
-    device = resolve_device(args.device)
+def load_engine(family: Family, args: argparse.Namespace, launch: Launch = SINGLE_PROCESS) -> Engine:
+    """The model named by the flags on this process's device, wrapped as the engine its family evaluates with."""
+    device = launch.device(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     check_attention_implementation(args.flash_attn, device)
     if family.kind == "diffusion":
@@ -186,7 +195,7 @@ def _default_output_dir(model_name: str) -> Path:
     return Path("output") / "eval" / slug
 
 
-def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
+def run(family: Family, args: argparse.Namespace, launch: Launch = SINGLE_PROCESS) -> dict[str, Any]:
     _check(args)
     settings = settings_from(args, family)
     if family.kind == "diffusion":
@@ -195,12 +204,30 @@ def run(family: Family, args: argparse.Namespace) -> dict[str, Any]:
     examples = load_examples(tasks, DataSource(args.data_dir), args.limit)
     output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(args.model_name)
     config = {key: value for key, value in vars(args).items()}
-    check_results_dir(output_dir, family.kind, config)
-    engine = load_engine(family, args)
+    identity = run_identity(config, settings, family.decoding())
+    check_results_dir(output_dir, family.kind, config, identity=identity, tasks=tasks, resume=args.resume)
+    engine = load_engine(family, args, launch)
     summary = run_tasks(engine, tasks, examples, settings, output_dir=output_dir,
-                        model=Path(str(args.model_name)).name or str(args.model_name), config=config)
-    print(summary["table"])
-    print(f"results: {output_dir / 'results.json'}")
+                        model=Path(str(args.model_name)).name or str(args.model_name), config=config,
+                        identity=identity, launch=launch, resume=args.resume, save_every=args.save_every)
+    if launch.is_main:
+        print(summary["table"])
+        print(f"results: {output_dir / 'results.json'}")
+    return summary
+
+
+def _evaluate(family: Family, args: argparse.Namespace) -> dict[str, Any]:
+    """``run`` in every process of a launch: a gloo group gathers the results; it is closed on the way out."""
+    launch = Launch.from_env()
+    if not launch.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    init_object_group(launch)
+    try:
+        summary = run(family, args, launch)
+    except BaseException:
+        close_process_group(synchronize=False)  # another process may be stuck in a collective: no barrier
+        raise
+    close_process_group(synchronize=True)
     return summary
 
 
@@ -208,4 +235,4 @@ def main(family: Family, argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one ``error:`` line and return 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser(family).parse_args(argv)
-    return run_command(lambda: run(family, args))
+    return run_command(lambda: _evaluate(family, args))

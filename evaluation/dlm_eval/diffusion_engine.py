@@ -9,6 +9,7 @@ what else is in its batch.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from llamafactory.ddm import DiffusionLM, SamplingConfig, sample, score_continuations
 from llamafactory.model.tokenizer import framing_tokens
 
-from .engine import Decoding, FillRequest, window
+from .engine import Decoding, FillRequest, GenerationMeter, window
 from .text import fit_infill, fit_pair
 
 
@@ -33,6 +34,7 @@ class DiffusionEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.decoding = decoding if decoding is not None else Decoding()
+        self.meter = GenerationMeter()
         self.max_length = window(model.config)
         tokens = model.tokens
         self.eos_ids = frozenset(i for i in (tokens.eos_id, tokens.pad_id) if i is not None)
@@ -82,9 +84,12 @@ class DiffusionEngine:
             keep[b, :end] = 1
         attention = None if bool(keep.all()) else keep.to(device)
         generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+        started = time.perf_counter()
         output = sample(self.model, ids.to(device), self.model.mask_id, config, src_mask=given.to(device),
                         attention_mask=attention, generator=generators, progress=progress)
         tokens = output.tokens.cpu()
+        self.meter.add(GenerationMeter(len(rows), sum(length for _, length, _, _ in rows),
+                                       int(output.nfe.sum()), time.perf_counter() - started))
         return [tokens[b, len(p) : len(p) + n].tolist() for b, (p, n, _, _) in enumerate(rows)]
 
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:

@@ -19,6 +19,30 @@ from llamafactory.ddm import SamplingConfig
 Decoding = SamplingConfig
 
 
+@dataclass
+class GenerationMeter:
+    """What an engine's ``fill`` calls cost: examples, generated positions, model evaluations, seconds."""
+
+    examples: int = 0
+    tokens: int = 0
+    evaluations: int = 0  # per example: denoiser (or decoder) forward passes its row took part in
+    seconds: float = 0.0
+
+    def add(self, other: GenerationMeter) -> None:
+        self.examples += other.examples
+        self.tokens += other.tokens
+        self.evaluations += other.evaluations
+        self.seconds += other.seconds
+
+    def summary(self) -> dict[str, float]:
+        """Tokens per second of generation and the mean NFE per example (``{}`` when nothing was generated)."""
+        if not self.examples:
+            return {}
+        return {"generated_tokens": self.tokens, "generation_seconds": round(self.seconds, 3),
+                "tokens_per_second": round(self.tokens / self.seconds, 2) if self.seconds > 0 else 0.0,
+                "nfe_per_example": round(self.evaluations / self.examples, 2)}
+
+
 @dataclass(frozen=True)
 class FillRequest:
     """Generate ``length`` tokens between ``prefix`` and ``suffix`` (empty suffix: a continuation).
@@ -41,6 +65,7 @@ class Engine(Protocol):
     max_length: int  # the model's window, in tokens
     eos_ids: frozenset[int]  # ids that end a free-length answer
     decoding: Decoding  # the model family's sampler defaults
+    meter: GenerationMeter  # what ``fill`` has cost so far
 
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,
               desc: str, estimator: str = "original") -> list[float]:

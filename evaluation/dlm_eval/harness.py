@@ -17,11 +17,19 @@ so a plain ``lm_eval`` process would not know the name.
 * ``generate_until``: ``max_gen_toks`` masked positions after the context, filled by the core sampler
   with ``sampling_steps`` steps and the sampler keys of ``--model_args`` (``strategy``, ``block_length``,
   ``threshold``, ``cache``, ``stop_at_eos``, ...; docs/design.md#fast-generation), cut at the first stop
-  sequence.
+  sequence. Each request samples from its own generator, seeded from (seed, task, document, copy).
+
+Data parallel as lm-eval's HF model: under ``accelerate launch`` / ``torchrun`` the harness gives each
+process its share of the requests (``rank``, ``world_size``), every process runs on its own device
+(``cuda:LOCAL_RANK``, or the CPU), and results are gathered through a gloo group. The device is chosen as
+the HF model chooses it: a ``device`` that does not exist here (lm-eval's command line passes ``cuda:0``
+by default) falls back to CUDA when present, else the CPU.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Any
 
 import torch
@@ -32,10 +40,27 @@ from tqdm import tqdm
 from llamafactory.command_line import resolve_dtype
 from llamafactory.ddm import load_diffusion_lm, sequence_nll
 from llamafactory.errors import UserInputError
+from llamafactory.utils.distributed import Launch, all_gather_tensor, barrier, gather_to_main, init_object_group
 
 from .diffusion_engine import DiffusionEngine
 from .engine import Decoding, FillRequest
 from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
+
+logger = logging.getLogger(__name__)
+
+
+def harness_device(device: str | None, launch: Launch) -> torch.device:
+    """The device as lm-eval's HF model picks it: this process's GPU (or the CPU) under a launcher; else
+    ``device`` when it exists on this machine; else CUDA when present, else the CPU."""
+    if launch.world_size > 1:
+        return launch.device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if device:
+        chosen = torch.device(device)
+        if chosen.type != "cuda" or (torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count()):
+            return chosen
+        logger.warning("device %s is not available on this machine; using %s", device,
+                       "cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _batch_size(value: Any) -> int:
@@ -66,7 +91,10 @@ class DiffLLM(LM):
                             confidence=confidence, block_length=block_length, threshold=threshold, factor=factor,
                             eb_gamma=eb_gamma, cache=cache, cache_refresh=cache_refresh, stop_at_eos=stop_at_eos)
         decoding.validate()
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._launch = Launch.from_env()
+        init_object_group(self._launch)
+        self._rank, self._world_size = self._launch.rank, self._launch.world_size
+        target = harness_device(device, self._launch)
         model, tokenizer = load_diffusion_lm(
             pretrained, base_model=base_model, adapters=[a for a in (adapters or "").split(":") if a],
             dtype=resolve_dtype(dtype, target),
@@ -76,6 +104,17 @@ class DiffLLM(LM):
         self._device = target
         self.diffusion_steps, self.sampling_steps = int(diffusion_steps), int(sampling_steps)
         self.seed, self.max_gen_toks, self.scorer = int(seed), int(max_gen_toks), scorer
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return all_gather_tensor(tensor, self._launch)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        if dst != 0:
+            raise ValueError("diffllm gathers on process 0 only")
+        return gather_to_main(obj, self._launch)
+
+    def barrier(self) -> None:
+        barrier()
 
     def _start(self) -> list[int]:
         """The token a sequence starts with when its context is empty (shift needs one given token)."""
@@ -123,14 +162,18 @@ class DiffLLM(LM):
 
     def generate_until(self, requests) -> list[str]:
         fills, stops = [], []
-        for index, request in enumerate(requests):
+        copies: Counter[tuple[str, int, int]] = Counter()
+        for request in requests:
+            key = (str(request.task_name), int(request.doc_id), int(request.idx))
+            copies[key] += 1  # a request repeated (``repeats``) samples again from another seed
             context, options = request.args
             options = dict(options or {})
             until = options.get("until") or []
             stops.append([until] if isinstance(until, str) else list(until))
             length = int(options.get("max_gen_toks", self.max_gen_toks))
             fills.append(FillRequest(self._prompt(context), length, (), steps=self.sampling_steps,
-                                     seed=example_seed(self.seed, "generate_until", index)))
+                                     seed=example_seed(self.seed, "generate_until/{}/{}/{}".format(*key),
+                                                       copies[key])))
         holes = self.engine.fill(fills, self.engine.decoding, desc="generate_until")
         results = []
         for request, hole, until in zip(requests, holes, stops):

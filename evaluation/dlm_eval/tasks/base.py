@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,18 +61,45 @@ class TaskResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+# How a task evaluates: ``(engine, examples, settings, indices)``, where ``indices`` are the examples'
+# positions in the whole task (each example's sampler seed depends on it; None: 0, 1, 2, ...).
+Evaluate = Callable[[Engine, list[Any], Settings, "Sequence[int] | None"], TaskResult]
+
+
 @dataclass(frozen=True)
 class Task:
-    """One benchmark. ``load`` returns every record of the published split, in file order."""
+    """One benchmark. ``load`` returns every record of the published split, in file order.
+
+    ``averages`` names each metric's per-example field: a metric is that field's mean over the examples,
+    so results computed in pieces (processes, resumed runs) combine exactly (``field_means``).
+    """
 
     name: str
     column: str  # heading in the paper's table
     metrics: tuple[str, ...]  # the metric(s) shown in that column
     load: Callable[[DataSource], list[Any]]
-    evaluate: Callable[[Engine, list[Any], Settings], TaskResult]
+    evaluate: Evaluate
+    averages: Mapping[str, str]
     default_limit: int | None = None  # the paper's subset size, when it used one
     in_paper: bool = True
 
 
+ACCURACY = {"accuracy": "correct"}
+
+
 def mean(values: list[float] | list[bool]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
+
+
+def field_means(records: Sequence[Mapping[str, Any]], averages: Mapping[str, str]) -> dict[str, float]:
+    """Each metric of ``averages`` (metric name -> per-example field) as its field's mean over ``records``."""
+    return {metric: mean([record[field] for record in records]) for metric, field in averages.items()}
+
+
+def positions(examples: Sequence[Any], indices: Sequence[int] | None) -> Sequence[int]:
+    """The examples' positions in their task: ``indices`` when given, else 0, 1, 2, ..."""
+    if indices is None:
+        return range(len(examples))
+    if len(indices) != len(examples):
+        raise ValueError(f"{len(indices)} indices for {len(examples)} examples")
+    return indices

@@ -10,6 +10,7 @@ examples go to the engine in one call, so the diffusion scorer batches across ex
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from llamafactory.errors import UserInputError
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine
 from ..text import Piece, encode_pair, encode_pieces
-from .base import Settings, Task, TaskResult, mean
+from .base import ACCURACY, Settings, Task, TaskResult, field_means
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ class ChoiceExample:
         return pairs
 
 
-def evaluate_choices(task: str, engine: Engine, examples: list[ChoiceExample], settings: Settings) -> TaskResult:
-    """Accuracy of picking the lowest-scoring choice; per-example scores are kept."""
+def evaluate_choices(task: str, engine: Engine, examples: list[ChoiceExample], settings: Settings,
+                     indices: Sequence[int] | None = None) -> TaskResult:
+    """Accuracy of picking the lowest-scoring choice; per-example scores are kept. A choice's noise-level masks
+    depend only on the seed, the estimator and its length, so ``indices`` (positions in the task) do not matter."""
     pairs = [pair for example in examples for pair in example.encoded(engine.tokenizer, settings.prompt_format)]
     scores = engine.score(pairs, steps=settings.diffusion_steps, seed=settings.seed, estimator=settings.scorer,
                           desc=task)
@@ -62,7 +65,7 @@ def evaluate_choices(task: str, engine: Engine, examples: list[ChoiceExample], s
     used: dict[str, Any] = {"prompt_format": settings.prompt_format}
     if engine.kind == "diffusion":
         used.update(diffusion_steps=settings.diffusion_steps, seed=settings.seed, scorer=settings.scorer)
-    return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records, used)
+    return TaskResult(field_means(records, ACCURACY), records, used)
 
 
 def _label(task: str, source: Path | str, number: int, text: str, count: int, base: int) -> int:
@@ -230,7 +233,8 @@ def load_siqa(source: DataSource) -> list[ChoiceExample]:
 
 def _choice_task(name: str, column: str, loader) -> Task:
     return Task(name, column, ("accuracy",), loader,
-                lambda engine, examples, settings: evaluate_choices(name, engine, examples, settings))
+                lambda engine, examples, settings, indices=None: evaluate_choices(name, engine, examples, settings),
+                ACCURACY)
 
 
 TASKS = (

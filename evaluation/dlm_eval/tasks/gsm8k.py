@@ -10,6 +10,7 @@ EOS or pad.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -18,7 +19,7 @@ from llamafactory.errors import UserInputError
 from ..data import DataSource, HubDataset, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
 from ..text import encode, example_seed
-from .base import Settings, Task, TaskResult, mean
+from .base import ACCURACY, Settings, Task, TaskResult, field_means, positions
 
 _FINAL = re.compile(r"####\s*\$?\s*([-+]?\$?[\d,]*\.?\d+)")
 
@@ -68,9 +69,10 @@ def until_end(hole: list[int], end_ids: frozenset[int]) -> list[int]:
     return hole[: next((k for k, token in enumerate(hole) if token in end_ids), len(hole))]
 
 
-def evaluate_gsm8k(engine: Engine, examples: list[MathExample], settings: Settings) -> TaskResult:
+def evaluate_gsm8k(engine: Engine, examples: list[MathExample], settings: Settings,
+                   indices: Sequence[int] | None = None) -> TaskResult:
     requests = []
-    for index, example in enumerate(examples):
+    for index, example in zip(positions(examples, indices), examples):
         question = encode(engine.tokenizer, example.question)[-(settings.gsm8k_max_length // 2) :]
         prefix = engine.supervised_prompt(question)
         requests.append(FillRequest(prefix, settings.gsm8k_max_length - len(prefix), (), steps=settings.gsm8k_steps,
@@ -87,7 +89,7 @@ def evaluate_gsm8k(engine: Engine, examples: list[MathExample], settings: Settin
             **decoding.as_dict()}
     if engine.kind != "diffusion":
         used = {"decoding": "greedy", "max_length": settings.gsm8k_max_length}
-    return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records, used)
+    return TaskResult(field_means(records, ACCURACY), records, used)
 
 
-TASKS = (Task("gsm8k", "GSM8K", ("accuracy",), load_gsm8k, evaluate_gsm8k),)
+TASKS = (Task("gsm8k", "GSM8K", ("accuracy",), load_gsm8k, evaluate_gsm8k, ACCURACY),)

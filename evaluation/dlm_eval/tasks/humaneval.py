@@ -8,15 +8,17 @@ record which isolation layers it had.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..data import DataSource, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
 from ..sandbox import Limits, capabilities, run_programs
 from ..text import encode, example_seed
-from .base import Settings, Task, TaskResult, mean
+from .base import Settings, Task, TaskResult, field_means, positions
 
 _FIELDS = ("task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test")
+PASS_AT_1 = {"pass@1": "passed"}
 FILES = ("HumanEval-SingleLineInfilling.jsonl.gz", "HumanEval-SingleLineInfilling.jsonl")
 
 
@@ -46,13 +48,14 @@ def program(example: CodeInfillExample, completion: str) -> str:
     return f"{example.prompt}{completion}{example.suffix}\n\n{example.test}\n\ncheck({example.entry_point})\n"
 
 
-def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settings: Settings) -> TaskResult:
+def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settings: Settings,
+                       indices: Sequence[int] | None = None) -> TaskResult:
     tokenizer = engine.tokenizer
     requests = [
         FillRequest(encode(tokenizer, e.prompt), len(encode(tokenizer, e.canonical)),
                     encode(tokenizer, e.suffix), steps=settings.diffusion_steps,
                     seed=example_seed(settings.seed, "humaneval", index))
-        for index, e in enumerate(examples)
+        for index, e in zip(positions(examples, indices), examples)
     ]
     decoding = settings.decoding(engine.decoding)
     holes = engine.fill(requests, decoding, desc="humaneval")
@@ -63,9 +66,9 @@ def evaluate_humaneval(engine: Engine, examples: list[CodeInfillExample], settin
     records = [{"id": e.id, "completion": c, "canonical": e.canonical, "status": r.status, "detail": r.detail,
                 "passed": r.passed} for e, c, r in zip(examples, completions, results)]
     used = {"seed": settings.seed, "diffusion_steps": settings.diffusion_steps, **decoding.as_dict()}
-    return TaskResult({"pass@1": mean([r["passed"] for r in records])}, records,
+    return TaskResult(field_means(records, PASS_AT_1), records,
                       {**(used if engine.kind == "diffusion" else {"decoding": "greedy, prefix only"}),
                        "timeout_s": settings.code_timeout, "sandbox": capabilities().as_dict()})
 
 
-TASKS = (Task("humaneval", "Code", ("pass@1",), load_humaneval, evaluate_humaneval),)
+TASKS = (Task("humaneval", "Code", ("pass@1",), load_humaneval, evaluate_humaneval, PASS_AT_1),)

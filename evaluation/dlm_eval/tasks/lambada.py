@@ -9,6 +9,7 @@ generated with T equal to their number by the original sampler at temperature 1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llamafactory.errors import UserInputError
@@ -16,7 +17,7 @@ from llamafactory.errors import UserInputError
 from ..data import DataSource, HubDataset, read_jsonl, read_lines, require_fields
 from ..engine import Engine, FillRequest
 from ..text import example_seed, split_whole
-from .base import Settings, Task, TaskResult, mean
+from .base import ACCURACY, Settings, Task, TaskResult, field_means, positions
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ def load_lambada_openai(source: DataSource) -> list[LastWordExample]:
     return examples
 
 
-def evaluate_last_word(task: str, engine: Engine, examples: list[LastWordExample], settings: Settings) -> TaskResult:
+def evaluate_last_word(task: str, engine: Engine, examples: list[LastWordExample], settings: Settings,
+                       indices: Sequence[int] | None = None) -> TaskResult:
     requests = []
-    for index, example in enumerate(examples):
+    for index, example in zip(positions(examples, indices), examples):
         context, target = split_whole(engine.tokenizer, example.context, f"{example.context} {example.target}",
                                       special_tokens=True)
         requests.append(FillRequest(context, len(target), (), steps=len(target),
@@ -70,14 +72,16 @@ def evaluate_last_word(task: str, engine: Engine, examples: list[LastWordExample
         records.append({"id": example.id, "target": example.target, "prediction": prediction,
                         "tokens": request.length, "correct": prediction == example.target})
     used = {"seed": settings.seed, "diffusion_steps": "target length", **decoding.as_dict()}
-    return TaskResult({"accuracy": mean([r["correct"] for r in records])}, records,
+    return TaskResult(field_means(records, ACCURACY), records,
                       used if engine.kind == "diffusion" else {"decoding": "greedy"})
 
 
 TASKS = (
     Task("lambada", "Lamb.", ("accuracy",), load_lambada,
-         lambda engine, examples, settings: evaluate_last_word("lambada", engine, examples, settings)),
+         lambda engine, examples, settings, indices=None: evaluate_last_word("lambada", engine, examples, settings,
+                                                                        indices), ACCURACY),
     Task("lambada_openai", "Lamb.-OAI", ("accuracy",), load_lambada_openai,
-         lambda engine, examples, settings: evaluate_last_word("lambada_openai", engine, examples, settings),
+         lambda engine, examples, settings, indices=None: evaluate_last_word("lambada_openai", engine, examples,
+                                                                        settings, indices), ACCURACY,
          in_paper=False),
 )

@@ -9,6 +9,7 @@ joining spaces, and decoded by the original sampler with T = ``--diffusion_steps
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rouge_score import rouge_scorer
@@ -18,11 +19,12 @@ from llamafactory.errors import UserInputError
 from ..data import DataSource, read_csv, require_fields
 from ..engine import Engine, FillRequest
 from ..text import encode, example_seed
-from .base import Settings, Task, TaskResult, mean
+from .base import Settings, Task, TaskResult, field_means, positions
 
 _COLUMNS = ("InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
             "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_MEANS = {name: name for name in ROUGE_TYPES}
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,11 @@ def rouge(predictions: list[str], references: list[str]) -> list[dict[str, float
             for pred, ref in zip(predictions, references)]
 
 
-def evaluate_rocstories(engine: Engine, examples: list[InfillExample], settings: Settings) -> TaskResult:
+def evaluate_rocstories(engine: Engine, examples: list[InfillExample], settings: Settings,
+                        indices: Sequence[int] | None = None) -> TaskResult:
     tokenizer = engine.tokenizer
     requests = []
-    for index, example in enumerate(examples):
+    for index, example in zip(positions(examples, indices), examples):
         requests.append(FillRequest(encode(tokenizer, example.prefix), len(encode(tokenizer, example.middle)),
                                     encode(tokenizer, example.suffix), steps=settings.diffusion_steps,
                                     seed=example_seed(settings.seed, "rocstories", index)))
@@ -74,9 +77,10 @@ def evaluate_rocstories(engine: Engine, examples: list[InfillExample], settings:
     scores = rouge(predictions, [example.middle for example in examples])
     records = [{"id": e.id, "reference": e.middle, "prediction": p, **s}
                for e, p, s in zip(examples, predictions, scores)]
-    metrics = {name: mean([s[name] for s in scores]) for name in ROUGE_TYPES}
+    metrics = field_means(records, ROUGE_MEANS)
     used = {"seed": settings.seed, "diffusion_steps": settings.diffusion_steps, **decoding.as_dict()}
     return TaskResult(metrics, records, used if engine.kind == "diffusion" else {"decoding": "greedy, prefix only"})
 
 
-TASKS = (Task("rocstories", "ROC R1/R2/RL", ROUGE_TYPES, load_rocstories, evaluate_rocstories, default_limit=1000),)
+TASKS = (Task("rocstories", "ROC R1/R2/RL", ROUGE_TYPES, load_rocstories, evaluate_rocstories, ROUGE_MEANS,
+              default_limit=1000),)

@@ -21,7 +21,7 @@ import json
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from llamafactory.errors import UserInputError
 from ..data import DataSource, HubDataset, read_jsonl, require_fields
 from ..engine import Engine, FillRequest
 from ..text import encode, example_seed
-from .base import Settings, Task, TaskResult, mean
+from .base import Evaluate, Settings, Task, TaskResult, field_means, positions
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
@@ -146,12 +146,15 @@ def load_squad(source: DataSource) -> list[QuestionExample]:
             for n, row in enumerate(source.hub_rows("squad", hub))]
 
 
+ANSWER_MEANS = {name: name for name in ("exact_match", "exact_match_words", "f1")}
+
+
 def evaluate_answers(task: str, engine: Engine, examples: list[QuestionExample], settings: Settings,
-                     extra_tokens: int = 0) -> TaskResult:
+                     extra_tokens: int = 0, indices: Sequence[int] | None = None) -> TaskResult:
     """Generate the longest accepted answer's length (+ ``extra_tokens``) after each prompt, with T = that length."""
     tokenizer = engine.tokenizer
     requests = []
-    for index, example in enumerate(examples):
+    for index, example in zip(positions(examples, indices), examples):
         length = max(len(encode(tokenizer, answer)) for answer in example.answers) + extra_tokens
         requests.append(FillRequest(encode(tokenizer, example.prompt, special_tokens=True), length, (), steps=length,
                                     seed=example_seed(settings.seed, task, index)))
@@ -164,7 +167,7 @@ def evaluate_answers(task: str, engine: Engine, examples: list[QuestionExample],
                         "exact_match": matches_answer(prediction, example.answers, example.normalized),
                         "exact_match_words": contains_answer(prediction, example.answers),
                         "f1": token_f1(prediction, example.answers)})
-    metrics = {name: mean([r[name] for r in records]) for name in ("exact_match", "exact_match_words", "f1")}
+    metrics = field_means(records, ANSWER_MEANS)
     used: dict[str, Any] = {"extra_tokens": extra_tokens}
     if engine.kind == "diffusion":
         used.update(seed=settings.seed, diffusion_steps="generated length", **decoding.as_dict())
@@ -173,13 +176,14 @@ def evaluate_answers(task: str, engine: Engine, examples: list[QuestionExample],
     return TaskResult(metrics, records, used)
 
 
-def _evaluate(task: str, extra: Callable[[Settings], int]) -> Callable[[Engine, list[Any], Settings], TaskResult]:
-    return lambda engine, examples, settings: evaluate_answers(task, engine, examples, settings, extra(settings))
+def _evaluate(task: str, extra: Callable[[Settings], int]) -> Evaluate:
+    return lambda engine, examples, settings, indices=None: evaluate_answers(task, engine, examples, settings,
+                                                                        extra(settings), indices)
 
 
 TASKS = (
     Task("triviaqa", "TriQA", ("exact_match",), load_triviaqa,
-         _evaluate("triviaqa", lambda settings: settings.triviaqa_extra_tokens), default_limit=2000),
-    Task("squad", "SQuAD", ("exact_match",), load_squad, _evaluate("squad", lambda settings: 0),
+         _evaluate("triviaqa", lambda settings: settings.triviaqa_extra_tokens), ANSWER_MEANS, default_limit=2000),
+    Task("squad", "SQuAD", ("exact_match",), load_squad, _evaluate("squad", lambda settings: 0), ANSWER_MEANS,
          default_limit=2000, in_paper=False),
 )

@@ -17,6 +17,7 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 from transformers import Trainer
 
+from ..utils.distributed import shard_indices
 from ..utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,6 @@ def prediction_metrics(predictions: list[Prediction]) -> dict[str, float]:
         correct = sum(gsm_answer(p.predict) == answer for p, answer in zip(predictions, answers))
         metrics["predict_accuracy"] = correct / len(predictions)
     return metrics
-
-
-def shard_indices(count: int, world_size: int, rank: int) -> list[int]:
-    """This process's example indices; every process gets ``ceil(count / world_size)`` of them."""
-    if count == 0:
-        return []
-    per_rank = -(-count // world_size)
-    return [min(rank + world_size * i, count - 1) for i in range(per_rank)]
 
 
 def gather_predictions(local: list[Prediction], world_size: int) -> list[Prediction]:
