@@ -77,7 +77,8 @@ def _gsm8k_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(random_checkpoints, tmp_path, capsys):
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(random_checkpoints, tmp_path, capsys, kill):
     model, data = random_checkpoints["diffugpt"], _write_gsm8k(tmp_path / "data", 12)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(DIFFUGPT, _gsm8k_args(model, data, whole)) == 0
@@ -90,7 +91,7 @@ def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(random_chec
     while not (saved.is_file() and len(saved.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(kill)
     process.wait()
     assert not (killed / "gsm8k.jsonl").exists()
     finished = len(saved.read_text().splitlines())
