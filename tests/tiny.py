@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from llamafactory.ddm import record_generation_length
-from llamafactory.tiny import SPECIAL_TOKENS, tiny_gpt2, tiny_llama, train_bpe_tokenizer
+from llamafactory.tiny import RESERVED_TOKENS, tiny_gpt2, tiny_llama, train_bpe_tokenizer
 
 __all__ = ["corpus", "tiny_gpt2", "tiny_llama", "tiny_tokenizer", "write_diffugpt_m", "write_diffugpt_s", "write_diffullama"]
 
@@ -32,7 +32,7 @@ def corpus(lines: int = 400, seed: int = 0) -> list[str]:
 
 def tiny_tokenizer(vocab_size: int = 400, with_mask: bool = True) -> PreTrainedTokenizerFast:
     """Byte-level BPE over the tiny corpus, with bos/eos/pad/sep (and mask unless ``with_mask=False``)."""
-    specials = {role: token for role, token in SPECIAL_TOKENS.items() if with_mask or role != "mask_token"}
+    specials = {role: token for role, token in RESERVED_TOKENS.items() if with_mask or role != "mask_token"}
     return train_bpe_tokenizer(corpus(), vocab_size, special_tokens=specials)
 
 

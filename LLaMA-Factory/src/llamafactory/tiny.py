@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+RESERVED_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
                   "sep_token": "<sep>", "mask_token": "<mask>"}
 
 
@@ -22,7 +22,7 @@ def train_bpe_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
     *,
-    special_tokens: Mapping[str, str] = SPECIAL_TOKENS,
+    special_tokens: Mapping[str, str] = RESERVED_TOKENS,
     add_prefix_space: bool = False,
     model_max_length: int | None = None,
 ) -> PreTrainedTokenizerFast:

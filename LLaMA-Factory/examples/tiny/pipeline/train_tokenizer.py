@@ -23,7 +23,7 @@ from llamafactory.tiny import train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
+RESERVED_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
                   "pad_token": "<pad>", "sep_token": "<sep>", "mask_token": "<mask>"}
 
 
@@ -40,7 +40,7 @@ def corpus_lines(path: Path) -> Iterator[str]:
 
 def train_tokenizer(lines: Iterator[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE over ``lines`` with the special tokens above (none is added automatically)."""
-    return train_bpe_tokenizer(lines, vocab_size, special_tokens=SPECIAL_TOKENS, add_prefix_space=True,
+    return train_bpe_tokenizer(lines, vocab_size, special_tokens=RESERVED_TOKENS, add_prefix_space=True,
                                model_max_length=max_length)
 
 
