@@ -34,18 +34,19 @@ def build_model(args: argparse.Namespace) -> DiffusionLM:
     return DiffusionLM(model, SpecialTokens(mask_id=args.vocab - 1, pad_id=args.vocab - 2, eos_id=args.vocab - 2))
 
 
-def build_examples(args: argparse.Namespace) -> list[list[tuple[list[int], list[int]]]]:
-    """HellaSwag-like shapes: a 30-60 token context and ``choices`` endings of 8-24 tokens."""
-    generator = torch.Generator().manual_seed(args.seed)
+def build_examples(count: int, choices: int, vocab: int, seed: int) -> list[list[tuple[list[int], list[int]]]]:
+    """HellaSwag-like shapes: a 30-60 token context and ``choices`` endings of 8-24 tokens (ids below
+    ``vocab - 2``, clear of the mask and padding ids)."""
+    generator = torch.Generator().manual_seed(seed)
 
     def tokens(low: int, high: int) -> list[int]:
         length = int(torch.randint(low, high + 1, (1,), generator=generator))
-        return torch.randint(0, args.vocab - 2, (length,), generator=generator).tolist()
+        return torch.randint(0, vocab - 2, (length,), generator=generator).tolist()
 
     examples = []
-    for _ in range(args.examples):
+    for _ in range(count):
         context = tokens(30, 60)
-        examples.append([(context, tokens(8, 24)) for _ in range(args.choices)])
+        examples.append([(context, tokens(8, 24)) for _ in range(choices)])
     return examples
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args)
-    examples = build_examples(args)
+    examples = build_examples(args.examples, args.choices, args.vocab, args.seed)
     pairs = [pair for example in examples for pair in example]
     engine = DiffusionEngine(model, tokenizer=None, batch_size=args.batch_size)
     engine.score(pairs[: args.choices], steps=2, seed=args.seed, desc="warm-up")

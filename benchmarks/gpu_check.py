@@ -183,20 +183,13 @@ def check_generation(table: Table, device: torch.device, rows: int) -> None:
 
 
 def check_scoring(table: Table, device: torch.device, examples: int) -> None:
+    from bench_scoring import build_examples
+
     from dlm_eval import DiffusionEngine
     from llamafactory.ddm import DiffusionLM, SpecialTokens
 
     model = DiffusionLM(build("gpt2", "sdpa", device), SpecialTokens(mask_id=GPT2_VOCAB - 1, pad_id=GPT2_VOCAB - 2))
-    generator = torch.Generator().manual_seed(0)
-
-    def tokens(low: int, high: int) -> list[int]:
-        length = int(torch.randint(low, high + 1, (1,), generator=generator))
-        return torch.randint(0, GPT2_VOCAB - 2, (length,), generator=generator).tolist()
-
-    pairs = []
-    for _ in range(examples):  # HellaSwag-like: a 30-60 token context, 4 endings of 8-24 tokens
-        context = tokens(30, 60)
-        pairs.extend((context, tokens(8, 24)) for _ in range(4))
+    pairs = [pair for choices in build_examples(examples, 4, GPT2_VOCAB, seed=0) for pair in choices]
     engine = DiffusionEngine(model, tokenizer=None, batch_size=256)
     engine.score(pairs[:4], steps=2, seed=0, desc="warm-up")
     with torch.autocast("cuda", dtype=torch.bfloat16):
