@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from llamafactory.ddm import (
     resolve_special_tokens,
 )
 from llamafactory.errors import UserInputError
-from llamafactory.utils.distributed import close_process_group
+from llamafactory.utils.distributed import Launch, close_process_group
 from llamafactory.utils.files import check_writable_folder
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
@@ -238,7 +237,7 @@ def run(args: argparse.Namespace) -> Path:
     """Check the set-up, build the accelerator, data, model and optimizer, train; returns the final model."""
     output_dir = Path(args.output_dir)
     block_size = args.seq_length + 1
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = Launch.from_env().world_size
     deepspeed = uses_deepspeed()
     sp_size = args.sp_size or (1 if args.parallel_mode == "data_parallel" else world_size)
     model_dir = resolve_checkpoint_dir(args.model)
