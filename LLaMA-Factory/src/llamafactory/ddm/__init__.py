@@ -44,7 +44,8 @@ from .noise import (
     sample_noise_level,
     training_loss,
 )
-from .sampling import SamplingConfig, SamplingOutput, sample
+from .sampling import SamplingOutput, sample
+from .settings import SETTINGS, SamplingConfig, Setting
 from .scoring import ESTIMATORS, level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
 from .strategies import STRATEGIES, Step, resolve_rule
 from .tokens import (
@@ -66,6 +67,6 @@ __all__ = [
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
     "noise_seed", "position_limit", "predicting_output", "record_generation_length", "record_mask_id",
     "recorded_mask_id", "resolve_rule", "resolve_special_tokens", "sample", "sample_noise_level",
-    "SamplingConfig", "SamplingOutput", "save_diffusion_checkpoint", "score_continuations", "sequence_nll",
+    "SamplingConfig", "SamplingOutput", "Setting", "SETTINGS", "save_diffusion_checkpoint", "score_continuations", "sequence_nll",
     "SpecialTokens", "start_token_id", "Step", "STRATEGIES", "tokenizer_problem", "training_loss",
 ]

@@ -1,34 +1,28 @@
 """``generate``: prompt in, prompt + generation out, with the names LLaDA and Dream users know
-(docs/design.md#fast-generation).
+(docs/design.md#fast-generation, #sampler-settings).
 
 A thin layer over the one reverse loop (``sampling.sample``): it appends ``max_new_tokens`` masks to
-left-padded prompts, turns the peers' spellings (``gen_length``, ``block_size``, ``alg``, ``remasking``)
-into ``SamplingConfig`` fields and returns what Dream's and LLaDA's ``generate`` return. Defaults are
-``SamplingConfig``'s (the original sampler's: random order, temperature 0.95, nucleus 0.9, T = 64, one
-block, no cache); ``temperature=0`` means argmax, ``top_p=None`` turns the nucleus off.
+left-padded prompts, turns every setting's other spellings (the original's, the peers' ``gen_length``,
+``block_size``) and the peers' rule names (``alg``, ``remasking``) into ``SamplingConfig`` fields and returns
+what Dream's and LLaDA's ``generate`` return. Its sampler keywords are the schema's (``settings.SETTINGS``),
+with its defaults: the original sampler's (random order, temperature 0.95, nucleus 0.9, T = 64, one block,
+no cache); ``temperature=0`` means argmax, ``top_p=None`` turns the nucleus off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..errors import UserInputError
 from .checkpoints.metadata import position_limit
 from .model import DiffusionLM
-from .sampling import SamplingConfig, sample
-from .strategies import Strategy, resolve_rule
-
-_DEFAULT = SamplingConfig()
-
-# Peers' spellings accepted by ``generate`` and the settings each stands for: a caller who gives one
-# replaces the defaults of those settings (``alg`` and ``remasking`` name a rule and a confidence measure).
-ALIASES: dict[str, tuple[str, ...]] = {
-    "gen_length": ("max_new_tokens",), "block_size": ("block_length",),
-    "alg": ("strategy", "confidence"), "remasking": ("strategy", "confidence"),
-}
+from .sampling import sample
+from .settings import BY_NAME, GENERATE_SETTINGS, MAX_NEW_TOKENS, RULE_ALIASES, SamplingConfig, canonical, takes_settings
+from .strategies import resolve_rule
 
 
 @dataclass
@@ -39,12 +33,6 @@ class GenerateOutput:
     sequences: torch.Tensor
     nfe: torch.Tensor
     history: list[torch.Tensor] = field(default_factory=list)
-
-
-def _one_of(name: str, value: int | None, alias: str, alias_value: int | None) -> int | None:
-    if value is not None and alias_value is not None and value != alias_value:
-        raise UserInputError(f"{name}={value} and its alias {alias}={alias_value} disagree; give one of them")
-    return value if value is not None else alias_value
 
 
 def _prompt_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -59,58 +47,43 @@ def _prompt_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+def sampler_config(settings: Mapping[str, Any], *, shift: bool, record_history: bool = False) -> tuple[int, SamplingConfig]:
+    """``(max_new_tokens, SamplingConfig)`` from ``generate``'s sampler keywords, any spelling; checked."""
+    values = canonical(settings)
+    unknown = [key for key in values if key not in BY_NAME and key not in RULE_ALIASES and key != MAX_NEW_TOKENS.name]
+    if unknown:
+        raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
+    new_tokens = values.pop(MAX_NEW_TOKENS.name, None)
+    MAX_NEW_TOKENS.check(new_tokens)
+    strategy, confidence = resolve_rule(values.pop("strategy", None), alg=values.pop("alg", None),
+                                        remasking=values.pop("remasking", None), confidence=values.pop("confidence", None))
+    rule = {name: value for name, value in (("strategy", strategy), ("confidence", confidence)) if value is not None}
+    config = SamplingConfig(**values, **rule, shift=shift, record_history=record_history)
+    config.validate()
+    return new_tokens, config
+
+
+@takes_settings(GENERATE_SETTINGS, {name: str | None for name in RULE_ALIASES})
 @torch.no_grad()
 def generate(
     model: DiffusionLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    max_new_tokens: int | None = None,
-    gen_length: int | None = None,
-    steps: int = _DEFAULT.steps,
-    block_length: int | None = None,
-    block_size: int | None = None,
-    strategy: str | Strategy | None = None,
-    alg: str | None = None,
-    remasking: str | None = None,
-    confidence: str | None = None,
-    threshold: float = _DEFAULT.threshold,
-    factor: float = _DEFAULT.factor,
-    eb_gamma: float = _DEFAULT.eb_gamma,
-    temperature: float = _DEFAULT.temperature,
-    top_p: float | None = _DEFAULT.top_p,
-    top_k: int | None = _DEFAULT.top_k,
-    greedy: bool = _DEFAULT.greedy,
-    cache: str = _DEFAULT.cache,
-    cache_refresh: int | None = _DEFAULT.cache_refresh,
-    stop_at_eos: bool = _DEFAULT.stop_at_eos,
-    suppress_tokens: Sequence[int] = _DEFAULT.suppress_tokens,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     output_history: bool = False,
     return_dict: bool = False,
     progress: Callable[[int], None] | None = None,
+    **settings: Any,
 ) -> torch.Tensor | GenerateOutput:
     """Generate ``max_new_tokens`` (alias ``gen_length``) tokens after each prompt of ``input_ids`` ``[B, P]``.
 
     ``attention_mask`` marks real prompt tokens (left padding; under shift each prompt starts with its
-    BOS). ``block_length`` (alias ``block_size``) generates left to right in blocks; ``strategy`` is a
-    rule of ``STRATEGIES`` (or Dream's ``alg`` / LLaDA's ``remasking``); ``cache`` is ``none``,
-    ``prefix`` or ``dual``. Returns the sequences, or a :class:`GenerateOutput` with ``return_dict``.
+    BOS). ``settings`` are the sampler's, by name or any other spelling (the signature lists them all);
+    Dream's ``alg`` / LLaDA's ``remasking`` name a rule and a confidence measure. Returns the sequences, or a
+    :class:`GenerateOutput` with ``return_dict``.
     """
-    new_tokens = _one_of("max_new_tokens", max_new_tokens, "gen_length", gen_length)
-    if new_tokens is None or new_tokens < 1:
-        raise UserInputError(f"max_new_tokens (gen_length) must be >= 1, got {new_tokens}")
-    strategy, confidence = resolve_rule(strategy, alg=alg, remasking=remasking, confidence=confidence)
-    config = SamplingConfig(
-        steps=steps, temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-        strategy=_DEFAULT.strategy if strategy is None else strategy,
-        confidence=_DEFAULT.confidence if confidence is None else confidence,
-        threshold=threshold, factor=factor, eb_gamma=eb_gamma,
-        block_length=_one_of("block_length", block_length, "block_size", block_size),
-        cache=cache, cache_refresh=cache_refresh, stop_at_eos=stop_at_eos, suppress_tokens=tuple(suppress_tokens),
-        shift=model.shift, record_history=output_history,
-    )
-    config.validate()
+    new_tokens, config = sampler_config(settings, shift=model.shift, record_history=output_history)
     input_ids = input_ids.to(model.device)
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(model.device)
     _prompt_lengths(attention_mask)
@@ -131,3 +104,4 @@ def generate(
     if not return_dict:
         return sequences
     return GenerateOutput(sequences=sequences, nfe=output.nfe, history=output.history)
+

@@ -13,77 +13,20 @@ else is in the batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UserInputError
-from .cache import CACHE_MODES, DenoiserCalls
+from .cache import DenoiserCalls
 from .model import DiffusionLM, first_predicted_token
 from .proposals import nucleus_filter, propose
-from .strategies import CONFIDENCE_MEASURES, STRATEGIES, Step, Strategy
+from .settings import SamplingConfig
+from .strategies import STRATEGIES, Step, Strategy
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["Denoiser", "SamplingConfig", "SamplingOutput", "nucleus_filter", "sample"]
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Sampler settings, checked once here for every entry point; defaults are DiffuGPT's quick-start
-    ones and the original one-block, no-cache loop (docs/design.md#sampling)."""
-
-    steps: int = 64
-    temperature: float = 0.95  # 0 means argmax
-    top_p: float | None = 0.9
-    top_k: int | None = None
-    greedy: bool = False
-    strategy: str | Strategy = "random"
-    confidence: str = "prob"  # prob | margin | entropy
-    threshold: float = 0.9
-    factor: float = 1.0
-    eb_gamma: float = 0.1
-    block_length: int | None = None  # None: one block over the whole generated region
-    cache: str = "none"  # none | prefix | dual
-    cache_refresh: int | None = None  # None: refresh the cache at block starts only
-    stop_at_eos: bool = False
-    suppress_tokens: tuple[int, ...] = ()
-    shift: bool = True
-    record_history: bool = False
-
-    def validate(self) -> None:
-        """Raise ``UserInputError`` naming the first unusable setting; the original's four settings are named as
-        its configs and scripts spell them (``diffusion_steps``, ``logits_temp``, ``topp_temp``,
-        ``decoding_strategy``), every other by its field name."""
-        checks = [
-            (self.steps >= 1, f"diffusion_steps must be >= 1, got {self.steps}"),
-            (self.temperature >= 0, f"logits_temp must be >= 0 (0 means argmax), got {self.temperature}"),
-            (self.top_p is None or 0 < self.top_p <= 1, f"topp_temp must be in (0, 1], got {self.top_p}"),
-            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
-            (callable(self.strategy) or self.strategy in STRATEGIES,
-             f"unknown decoding_strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"),
-            (self.confidence in CONFIDENCE_MEASURES,
-             f"unknown confidence {self.confidence!r}; expected one of {', '.join(CONFIDENCE_MEASURES)}"),
-            (0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}"),
-            (self.factor > 0, f"factor must be > 0, got {self.factor}"),
-            (self.eb_gamma >= 0, f"eb_gamma must be >= 0, got {self.eb_gamma}"),
-            (self.block_length is None or self.block_length >= 1, f"block_length must be >= 1, got {self.block_length}"),
-            (self.cache in CACHE_MODES, f"unknown cache {self.cache!r}; expected one of {', '.join(CACHE_MODES)}"),
-            (self.cache_refresh is None or self.cache_refresh >= 1,
-             f"cache_refresh must be >= 1 (leave it unset to refresh at block starts only), got {self.cache_refresh}"),
-            (all(int(t) >= 0 for t in self.suppress_tokens), f"suppress_tokens must be token ids, got {self.suppress_tokens}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserInputError(message)
-
-    def rule(self) -> Strategy:
-        return STRATEGIES[self.strategy] if isinstance(self.strategy, str) else self.strategy
-
-    def as_dict(self) -> dict[str, object]:
-        """How tokens are chosen, for result files (the step count, shift and history switch are the caller's)."""
-        skip = {"steps", "shift", "record_history"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+__all__ = ["Denoiser", "SamplingOutput", "nucleus_filter", "sample"]
 
 
 @dataclass
