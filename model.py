@@ -11,13 +11,13 @@ Kept so that code written against the original project runs unchanged::
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from llamafactory.ddm import (
+    SETTINGS,
     DiffusionLM,
     SamplingConfig,
     first_predicted_token,
@@ -31,9 +31,18 @@ from llamafactory.ddm import (
 
 logger = logging.getLogger(__name__)
 
-# SamplingConfig fields an ``args`` namespace may set beyond the original four.
-_SAMPLER_FIELDS = tuple(f.name for f in fields(SamplingConfig)
-                        if f.name not in {"steps", "temperature", "top_p", "shift", "record_history"})
+
+def _sampler_settings(args: Any) -> dict[str, Any]:
+    """The settings ``args`` sets (not None), by name, each under any of its spellings (the original's first
+    read, as ``args.diffusion_steps`` is required); a missing nucleus is off, as in the original."""
+    values = {"steps": args.diffusion_steps, "temperature": args.logits_temp, "top_p": None}
+    for setting in SETTINGS:
+        for spelling in (*setting.spellings[1:], setting.name):
+            value = getattr(args, spelling, None)
+            if value is not None:
+                values[setting.name] = value
+                break
+    return values
 
 
 class DiscreteDiffusionModel(DiffusionLM):
@@ -96,7 +105,7 @@ def generate_samples(
     position 0 under shift (``[batch, length - 1]``), all of them otherwise.
 
     ``args`` needs ``diffusion_steps``, ``logits_temp``, ``topp_temp`` (None: off) and ``shift``; any other
-    ``SamplingConfig`` field it has is used too (``strategy``, ``greedy``, ``block_length``, ``cache``, ...),
+    sampler setting it has, under any spelling, is used too (``strategy``, ``greedy``, ``block_length``, ...),
     and ``seed`` seeds the draws. ``inputs`` holds ``input_ids`` and optionally ``src_mask`` (True/1 = given
     token); without it every token is generated except token 0, which becomes the start token under the
     shift (README: differences from the original). With ``verbose`` each step's text is logged.
@@ -109,15 +118,7 @@ def generate_samples(
         # Unconditional call: everything is generated except token 0, which the shift never predicts.
         input_ids = input_ids.clone()
         input_ids[:, 0] = start_token_id(tokenizer)
-    extra = {name: getattr(args, name) for name in _SAMPLER_FIELDS if getattr(args, name, None) is not None}
-    config = SamplingConfig(
-        steps=int(args.diffusion_steps),
-        temperature=float(args.logits_temp),
-        top_p=None if getattr(args, "topp_temp", None) is None else float(args.topp_temp),
-        shift=bool(args.shift),
-        record_history=verbose,
-        **extra,
-    )
+    config = SamplingConfig(**_sampler_settings(args), shift=bool(args.shift), record_history=verbose)
     seed = getattr(args, "seed", None)
     generator = torch.Generator(model.device).manual_seed(int(seed)) if seed is not None else None
     output = sample(model, input_ids, model.mask_id, config, src_mask=src_mask, generator=generator)

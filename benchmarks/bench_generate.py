@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llamafactory.ddm import DiffusionLM, SamplingConfig, SpecialTokens, load_diffusion_lm, sample
+from llamafactory.ddm import SETTINGS, DiffusionLM, SamplingConfig, SpecialTokens, load_diffusion_lm, sample
 from llamafactory.ddm.cache import DenoiserCalls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +48,18 @@ class Setting:
         return SamplingConfig(steps=steps, temperature=0.0, top_p=None, **self.fields)
 
 
-def settings(block: int, threshold: float, factor: float, eb_gammas: list[float]) -> list[Setting]:
+# The parallel rules and the setting each is tuned by (from the settings schema), and the values swept by
+# default where one is not enough.
+PARALLEL_RULES = {s.rule: s for s in SETTINGS if s.rule}
+SWEEPS = {"eb": [0.1, 1.0]}
+
+
+def settings(block: int, sweeps: dict[str, list[float]]) -> list[Setting]:
+    """The original recipe, then each rule (with each value of its parameter in ``sweeps``) under every cache."""
     rows = [Setting("original (T = n, one block)", {"strategy": "confidence"})]
-    rules = {
-        f"blocks of {block}": {"strategy": "confidence"},
-        f"threshold {threshold}": {"strategy": "threshold", "threshold": threshold},
-        f"factor {factor}": {"strategy": "factor", "factor": factor},
-        **{f"eb {gamma}": {"strategy": "eb", "eb_gamma": gamma} for gamma in eb_gammas},
-    }
+    rules = {f"blocks of {block}": {"strategy": "confidence"}}
+    for rule, parameter in PARALLEL_RULES.items():
+        rules.update({f"{rule} {value}": {"strategy": rule, parameter.name: value} for value in sweeps[rule]})
     for name, fields in rules.items():
         for cache in ("none", "prefix", "dual"):
             rows.append(Setting(f"{name}, cache {cache}", {**fields, "block_length": block, "cache": cache}))
@@ -122,7 +126,7 @@ def part_a(args: argparse.Namespace) -> None:
     model, tokenizer = load_diffusion_lm(REPO / "assets" / "diffugpt-tiny", device="cpu")
     eos = tokenizer.eos_token_id
     rows = held_out_rows(tokenizer, model.mask_id, args.new_tokens, args.limit)
-    chosen = settings(args.block_length, args.threshold, args.factor, args.eb_gamma)
+    chosen = settings(args.block_length, sweeps(args))
     seconds = {s.name: 0.0 for s in chosen}
     nfe: dict[str, list[int]] = {s.name: [] for s in chosen}
     hits: dict[tuple[str, str], list[bool]] = {}
@@ -200,13 +204,18 @@ def part_b(args: argparse.Namespace) -> None:
           "below combine each setting's refreshes (one per block) and steps with the costs measured above:")
     print(f"{'setting':<34} {'NFE':>6} {'tok/s':>8} {'speed-up':>9}")
     original = None
-    for setting in settings(block, args.threshold, args.factor, args.eb_gamma):
+    for setting in settings(block, sweeps(args)):
         refresh, step = costs[setting.fields.get("cache", "none")]
         refreshes = count if "block_length" in setting.fields else 1
         seconds = refreshes * refresh + (new_tokens - refreshes) * step
         original = original or seconds
         print(f"{setting.name:<34} {new_tokens:>6} {args.gpt2_batch * new_tokens / seconds:>8.2f} "
               f"{original / seconds:>8.1f}x")
+
+
+def sweeps(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Each parallel rule's parameter values, from its flag."""
+    return {rule: getattr(args, parameter.name) for rule, parameter in PARALLEL_RULES.items()}
 
 
 def main() -> None:
@@ -216,9 +225,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=50, help="(a) first N records per task (default 50; all: 300)")
     parser.add_argument("--batch-size", type=int, default=50, help="(a) rows per batch (default 50)")
     parser.add_argument("--block-length", type=int, default=16, help="(a) block length (default 16)")
-    parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--factor", type=float, default=1.0)
-    parser.add_argument("--eb-gamma", type=float, nargs="+", default=[0.1, 1.0], help="one eb row set per value")
+    for rule, parameter in PARALLEL_RULES.items():
+        parser.add_argument(f"--{parameter.name.replace('_', '-')}", dest=parameter.name, type=float, nargs="+",
+                            default=SWEEPS.get(rule, [parameter.default]),
+                            help=f"{parameter.help}; one {rule} row set per value")
     parser.add_argument("--gpt2-block", type=int, default=32, help="(b) block length (default 32)")
     parser.add_argument("--gpt2-batch", type=int, default=8,
                         help="(b) rows per forward (default 8; one row on a CPU is bound by reading the weights)")

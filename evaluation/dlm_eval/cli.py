@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from llamafactory.command_line import (
 )
 from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.errors import UserInputError
-from llamafactory.sampler_flags import add_sampler_arguments, fast_generation_settings
+from llamafactory.sampler_flags import SCRIPT_FLAGS, SamplerFlags
 from llamafactory.utils.distributed import SINGLE_PROCESS, Launch, close_process_group, init_object_group
 from llamafactory.utils.hub import resolve_checkpoint_dir
 
@@ -42,6 +42,9 @@ from .runner import check_results_dir, load_examples, run_identity, run_tasks
 from .tasks import PROMPT_FORMATS, TASKS, Settings, select_tasks
 
 logger = logging.getLogger("dlm_eval")
+# The sampler flags of the diffusion families: every setting but the step count, which each task sets
+# (``--diffusion_steps`` is the scoring T here, ``--gsm8k_steps`` GSM8K's).
+SAMPLER_FLAGS = SamplerFlags(spelling=SCRIPT_FLAGS, exclude=("steps",))
 
 
 
@@ -105,13 +108,10 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
         sampling.add_argument("--diffusion_steps", type=int, default=32,
                               help="T for multiple-choice scoring, ROCStories and HumanEval "
                                    "(LAMBADA and TriviaQA use T = generated length)")
-        sampling.add_argument("--logits_temp", type=float, default=None,
-                              help=f"sampling temperature (default {family.logits_temp}; LAMBADA 1.0, "
-                                   f"GSM8K {family.gsm8k_temp})")
-        sampling.add_argument("--topp_temp", type=float, default=None, help="nucleus mass (default: none, as the original)")
-        add_bool_flag(sampling, "--greedy", None, "argmax instead of sampling (default false; GSM8K true)")
-        add_sampler_arguments(sampling, strategy_default=None,
-                              strategy_help="positions fixed per step (default topk, the original evaluation's)")
+        SAMPLER_FLAGS.add_to(sampling, defaults=None, default_notes={
+            "temperature": f"{family.logits_temp}; LAMBADA 1.0, GSM8K {family.gsm8k_temp}",
+            "top_p": "none, as the original", "greedy": "false; GSM8K true",
+            "strategy": "topk, the original evaluation's"})
         sampling.add_argument("--gsm8k_steps", type=int, default=64, help="T for GSM8K")
         sampling.add_argument("--scorer", choices=ESTIMATORS, default="original",
                               help="multiple-choice likelihood estimator: original (each token masked with "
@@ -148,12 +148,16 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def settings_from(args: argparse.Namespace, family: Family) -> Settings:
+    """The run's settings; sampler flags the user set become the ``Settings`` field of that name, or else an
+    entry of its ``fast_generation``."""
+    given = SAMPLER_FLAGS.values(args, given_only=True) if family.kind == "diffusion" else {}
+    named = {f.name for f in fields(Settings)}
     return Settings(
         seed=args.seed, diffusion_steps=getattr(args, "diffusion_steps", 32),
-        temperature=getattr(args, "logits_temp", None), top_p=getattr(args, "topp_temp", None),
-        strategy=getattr(args, "strategy", None), greedy=getattr(args, "greedy", None),
         scorer=getattr(args, "scorer", "original"), prompt_format=args.prompt_format,
-        fast_generation=fast_generation_settings(args), triviaqa_extra_tokens=args.triviaqa_extra_tokens,
+        **{name: value for name, value in given.items() if name in named},
+        fast_generation={name: value for name, value in given.items() if name not in named},
+        triviaqa_extra_tokens=args.triviaqa_extra_tokens,
         gsm8k_steps=getattr(args, "gsm8k_steps", 64), gsm8k_max_length=args.gsm8k_max_length,
         gsm8k_temperature=family.gsm8k_temp, code_timeout=args.code_timeout, code_workers=args.code_workers,
     )

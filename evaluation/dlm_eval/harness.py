@@ -15,9 +15,9 @@ so a plain ``lm_eval`` process would not know the name.
   ``is_greedy`` says whether one greedy denoising step over the fully masked continuation reproduces it.
 * ``loglikelihood_rolling``: minus the core's deterministic ELBO estimate of the text's NLL (nats).
 * ``generate_until``: ``max_gen_toks`` masked positions after the context, filled by the core sampler
-  with ``sampling_steps`` steps and the sampler keys of ``--model_args`` (``strategy``, ``block_length``,
-  ``threshold``, ``cache``, ``stop_at_eos``, ...; docs/design.md#fast-generation), cut at the first stop
-  sequence. Each request samples from its own generator, seeded from (seed, task, document, copy).
+  with ``sampling_steps`` steps and the sampler keys of ``--model_args`` (every setting of the schema, as
+  ``logits_temp``, ``topp_temp``, ``strategy``, ``block_length``, ``cache``, ... or any other spelling;
+  docs/design.md#sampler-settings), cut at the first stop sequence. Each request samples from its own generator, seeded from (seed, task, document, copy).
 
 Data parallel as lm-eval's HF model: under ``accelerate launch`` / ``torchrun`` the harness gives each
 process its share of the requests (``rank``, ``world_size``), every process runs on its own device
@@ -39,7 +39,9 @@ from tqdm import tqdm
 
 from llamafactory.command_line import resolve_dtype
 from llamafactory.ddm import load_diffusion_lm, sequence_nll
+from llamafactory.ddm.settings import BY_NAME, canonical
 from llamafactory.errors import UserInputError
+from llamafactory.sampler_flags import SCRIPT_FLAGS, parse_setting
 from llamafactory.utils.distributed import Launch, all_gather_tensor, barrier, gather_to_main, init_object_group
 
 from .diffusion_engine import DiffusionEngine
@@ -47,6 +49,9 @@ from .engine import Decoding, FillRequest
 from .text import encode, encode_pair, encode_prefix, example_seed, leading_special_ids
 
 logger = logging.getLogger(__name__)
+# The harness keys of settings spelled otherwise than by name: the quick start's, and ``sampling_steps`` for
+# the sampler's T (``diffusion_steps`` is the scoring T here).
+MODEL_ARG_KEYS = {**SCRIPT_FLAGS, "steps": "sampling_steps"}
 
 
 def harness_device(device: str | None, launch: Launch) -> torch.device:
@@ -61,6 +66,18 @@ def harness_device(device: str | None, launch: Launch) -> torch.device:
         logger.warning("device %s is not available on this machine; using %s", device,
                        "cuda" if torch.cuda.is_available() else "cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def harness_decoding(sampler: dict[str, Any]) -> Decoding:
+    """The sampler of ``--model_args``: a key is a setting's name, its harness key (``MODEL_ARG_KEYS``) or any
+    other spelling; unset settings keep the schema defaults (the original quick-start sampler's)."""
+    values = canonical(sampler, MODEL_ARG_KEYS)
+    unknown = [key for key in values if key not in BY_NAME]
+    if unknown:
+        raise UserInputError(f"unknown diffllm model argument {unknown[0]!r}")
+    decoding = Decoding(**{name: parse_setting(BY_NAME[name], value) for name, value in values.items()})
+    decoding.validate()
+    return decoding
 
 
 def _batch_size(value: Any) -> int:
@@ -78,19 +95,11 @@ class DiffLLM(LM):
 
     def __init__(self, pretrained: str, base_model: str | None = None, adapters: str | None = None,
                  dtype: str = "auto", device: str | None = None, attn_implementation: str = "sdpa",
-                 batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, sampling_steps: int = 64,
-                 max_gen_toks: int = 128, logits_temp: float = 0.95, topp_temp: float = 0.9,
-                 strategy: str = "random", greedy: bool = False, scorer: str = "original",
-                 confidence: str = Decoding.confidence, block_length: int | None = Decoding.block_length,
-                 threshold: float = Decoding.threshold, factor: float = Decoding.factor,
-                 eb_gamma: float = Decoding.eb_gamma, cache: str = Decoding.cache,
-                 cache_refresh: int | None = Decoding.cache_refresh, stop_at_eos: bool = Decoding.stop_at_eos,
-                 trust_remote_code: bool = False, max_batch_size: int | None = None) -> None:
+                 batch_size: int | str = 32, diffusion_steps: int = 32, seed: int = 0, max_gen_toks: int = 128,
+                 scorer: str = "original", trust_remote_code: bool = False, max_batch_size: int | None = None,
+                 **sampler: Any) -> None:
         super().__init__()
-        decoding = Decoding(temperature=logits_temp, top_p=topp_temp, strategy=strategy, greedy=greedy,
-                            confidence=confidence, block_length=block_length, threshold=threshold, factor=factor,
-                            eb_gamma=eb_gamma, cache=cache, cache_refresh=cache_refresh, stop_at_eos=stop_at_eos)
-        decoding.validate()
+        decoding = harness_decoding(sampler)
         self._launch = Launch.from_env()
         init_object_group(self._launch)
         self._rank, self._world_size = self._launch.rank, self._launch.world_size
@@ -102,7 +111,7 @@ class DiffLLM(LM):
         )
         self.engine = DiffusionEngine(model, tokenizer, batch_size=_batch_size(batch_size), decoding=decoding)
         self._device = target
-        self.diffusion_steps, self.sampling_steps = int(diffusion_steps), int(sampling_steps)
+        self.diffusion_steps, self.sampling_steps = int(diffusion_steps), decoding.steps
         self.seed, self.max_gen_toks, self.scorer = int(seed), int(max_gen_toks), scorer
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -44,9 +44,10 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def add_bool_flag(parser: Any, name: str, default: bool | None, help: str) -> None:
-    """``--name`` alone means true; ``--name false`` (or any word of ``parse_bool``) sets it."""
-    parser.add_argument(name, type=parse_bool, nargs="?", const=True, default=default, help=help)
+def add_bool_flag(parser: Any, name: str, default: bool | None, help: str, *aliases: str) -> None:
+    """``--name`` alone means true; ``--name false`` (or any word of ``parse_bool``) sets it; ``aliases`` are
+    other option strings of the same flag."""
+    parser.add_argument(name, *aliases, type=parse_bool, nargs="?", const=True, default=default, help=help)
 
 
 def add_model_arguments(parser: Any, *, model_name: str, base_model_name: str | None, diffusion: bool = True) -> None:

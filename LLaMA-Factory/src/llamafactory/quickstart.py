@@ -29,15 +29,18 @@ from .command_line import (
 )
 from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
 from .errors import UserInputError
-from .sampler_flags import add_sampler_arguments, fast_generation_settings
+from .sampler_flags import SCRIPT_FLAGS, SamplerFlags
 
 logger = logging.getLogger("llamafactory.quickstart")
+# Every sampler setting is a flag, the original's three under the original scripts' names.
+FLAGS = SamplerFlags(spelling=SCRIPT_FLAGS)
 
 
 
 @dataclass(frozen=True)
 class Defaults:
-    """Per-model-family defaults of the quick-start scripts (docs/design.md#sampling)."""
+    """Per-model-family defaults of the quick-start scripts (docs/design.md#sampling); ``logits_temp`` replaces
+    the schema's temperature."""
 
     description: str
     model_name: str
@@ -54,11 +57,7 @@ def build_parser(defaults: Defaults) -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_arguments(parser, model_name=defaults.model_name, base_model_name=defaults.base_model_name)
     add_bool_flag(parser, "--shift", True, "output i predicts token i+1 (true for all released models)")
-    parser.add_argument("--diffusion_steps", type=int, default=64, help="number of reverse steps T")
-    parser.add_argument("--logits_temp", type=float, default=defaults.logits_temp, help="softmax temperature")
-    parser.add_argument("--topp_temp", type=float, default=0.9, help="nucleus (top-p) mass; 1 disables")
-    add_sampler_arguments(parser, strategy_default="random", strategy_help="which masked positions to fix at each step")
-    add_bool_flag(parser, "--greedy", False, "argmax instead of sampling")
+    FLAGS.add_to(parser, defaults={"temperature": defaults.logits_temp})
     add_bool_flag(parser, "--verbose", False, "print the sequence after every step")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--prompt", default="Today is a wonderful day,", help="prefix for the conditional sample")
@@ -77,9 +76,7 @@ def _validate(args: argparse.Namespace) -> None:
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     """The flags as core sampler settings, checked before anything is loaded."""
-    config = SamplingConfig(steps=args.diffusion_steps, temperature=args.logits_temp, top_p=args.topp_temp,
-                            greedy=args.greedy, strategy=args.strategy, shift=args.shift,
-                            record_history=args.verbose, **fast_generation_settings(args))
+    config = SamplingConfig(**FLAGS.values(args), shift=args.shift, record_history=args.verbose)
     config.validate()
     return config
 
@@ -130,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
             "use a shorter --prompt or a larger --gen_len"
         )
     print(attention_report(args.flash_attn), file=sys.stderr)
-    print("=" * 20, f"Generating {length} tokens with T={args.diffusion_steps} on {device}")
+    print("=" * 20, f"Generating {length} tokens with T={config.steps} on {device}")
     print("=" * 20, "Unconditional generation")
     _generate(model, [start], length, config, args)
     print("=" * 20, f"Prefix generation: {args.prompt!r}")

@@ -1,39 +1,85 @@
-"""The sampler's command-line flags, shared by the quick-start scripts and the evaluation scripts
-(docs/design.md#fast-generation). Values are checked by ``SamplingConfig.validate``, not here."""
+"""The sampler's command-line flags, derived from the settings schema (docs/design.md#sampler-settings) and
+shared by the quick-start scripts and the evaluation scripts.
+
+A surface describes its flags once (``SamplerFlags``: which settings, under which primary flag name); every
+other spelling of a setting is accepted as a further option string. Values are parsed to the setting's type
+here and checked by ``SamplingConfig.validate``, so a bad value gets the schema's one message.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from .command_line import add_bool_flag
-from .ddm.cache import CACHE_MODES
-from .ddm.sampling import SamplingConfig
-from .ddm.strategies import CONFIDENCE_MEASURES, STRATEGIES
+from .command_line import add_bool_flag, bool_word
+from .ddm.settings import SETTINGS, Setting
 
-_DEFAULT = SamplingConfig()
-FAST_GENERATION_FLAGS = ("block_length", "confidence", "threshold", "factor", "eb_gamma", "cache", "cache_refresh",
-                         "stop_at_eos")
+# The original quick-start scripts' flag names (``decoding_strategy`` was a config key only: the flag is
+# ``--strategy``).
+SCRIPT_FLAGS = {s.name: s.original for s in SETTINGS if s.original and s.name != "strategy"}
 
 
-def add_sampler_arguments(parser: Any, *, strategy_default: str | None, strategy_help: str) -> None:
-    """``--strategy`` and the fast-generation flags; an unset fast-generation flag is None (core default)."""
-    parser.add_argument("--strategy", choices=list(STRATEGIES), default=strategy_default, help=strategy_help)
-    parser.add_argument("--confidence", choices=CONFIDENCE_MEASURES, default=None,
-                        help=f"confidence measure of the rules (default {_DEFAULT.confidence})")
-    parser.add_argument("--block_length", type=int, default=None,
-                        help="generate left to right in blocks of this many tokens (default: one block)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help=f"threshold rule: fix positions at least this confident (default {_DEFAULT.threshold})")
-    parser.add_argument("--factor", type=float, default=None, help=f"factor rule: f (default {_DEFAULT.factor})")
-    parser.add_argument("--eb_gamma", type=float, default=None,
-                        help=f"eb rule: entropy budget per step in nats (default {_DEFAULT.eb_gamma})")
-    parser.add_argument("--cache", choices=CACHE_MODES, default=None, help="key/value cache (default none)")
-    parser.add_argument("--cache_refresh", type=int, default=None,
-                        help="recompute the cache every N steps (default: at block starts only)")
-    add_bool_flag(parser, "--stop_at_eos", None, "finish a row once its EOS is fixed (default false)")
+def parse_setting(setting: Setting, text: Any) -> Any:
+    """A command-line or ``key=value`` string as ``setting``'s type; text that does not parse is kept, so that
+    the check reports it with the setting's own message."""
+    if not isinstance(text, str):
+        return text
+    word = text.strip().lower()
+    if setting.optional and word in ("none", "null", ""):
+        return None
+    if setting.kind is bool:
+        value = bool_word(word)
+        return text if value is None else value
+    if setting.kind is tuple:
+        parts = text.replace(",", " ").split()
+        return tuple(int(part) for part in parts) if all(part.isdigit() for part in parts) else text
+    if setting.kind in (int, float):
+        try:
+            return setting.kind(text)
+        except ValueError:
+            return text
+    return text
 
 
-def fast_generation_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The fast-generation flags the user set, as ``SamplingConfig`` fields."""
-    return {name: getattr(args, name) for name in FAST_GENERATION_FLAGS if getattr(args, name, None) is not None}
+@dataclass(frozen=True)
+class SamplerFlags:
+    """A command line's sampler flags: one per setting but ``exclude``, named ``--<spelling[name]>`` (default
+    ``--<name>``), each other spelling an alias of it; ``dest`` is the primary name."""
+
+    spelling: Mapping[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+    def entries(self) -> list[tuple[str, Setting]]:
+        return [(self.spelling.get(s.name, s.name), s) for s in SETTINGS if s.name not in self.exclude]
+
+    def add_to(self, parser: Any, *, defaults: Mapping[str, Any] | None,
+               default_notes: Mapping[str, str] | None = None) -> None:
+        """Add the flags. ``defaults`` None: an unset flag is None (the surface applies its own defaults, which
+        the help names from ``default_notes``, else the schema default); otherwise each flag defaults to the
+        schema's default replaced by ``defaults``."""
+        notes = dict(default_notes or {})
+        for key, s in self.entries():
+            options = [f"--{key}", *(f"--{name}" for name in s.spellings if name != key)]
+            default = None if defaults is None else defaults.get(s.name, s.default)
+            text = s.help if defaults is not None else f"{s.help} (default {notes.get(s.name, _shown(s.default))})"
+            if s.kind is bool:
+                add_bool_flag(parser, options[0], default, text, *options[1:])
+                continue
+            metavar = "{" + ",".join(s.choices) + "}" if s.choices else key.upper()
+            parser.add_argument(*options, dest=key, type=lambda text, s=s: parse_setting(s, text), default=default,
+                                metavar=metavar, help=text)
+
+    def values(self, args: argparse.Namespace, *, given_only: bool = False) -> dict[str, Any]:
+        """The flags' values by setting name (``given_only``: only those not None, i.e. the user set)."""
+        values = {s.name: getattr(args, key) for key, s in self.entries()}
+        return {name: value for name, value in values.items() if value is not None or not given_only}
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

@@ -1,7 +1,7 @@
 """Hugging Face-native diffusion LMs (docs/design.md#hf-native-format): configs, models and a generation config
 registered with transformers' Auto classes, so ``AutoModel.from_pretrained(exported_folder)`` works."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .configuration_diffusion import DiffuGPTConfig, DiffuLLaMAConfig, DiffusionFields
 from .generation_diffusion import DiffusionGenerationConfig
@@ -22,13 +22,8 @@ def register_auto_classes() -> None:
             auto_class.register(config_class, model_class, exist_ok=True)
 
 
-def is_native(config: PretrainedConfig) -> bool:
-    """Whether a config is one of the Hugging Face-native diffusion configs."""
-    return isinstance(config, DiffusionFields)
-
-
 __all__ = [
     "AUTO_CLASSES", "DiffuGPTConfig", "DiffuGPTForMaskedLM", "DiffuLLaMAConfig", "DiffuLLaMAForMaskedLM",
-    "DiffusionFields", "DiffusionGenerationConfig", "DiffusionGenerationMixin", "FAMILIES", "is_native",
+    "DiffusionFields", "DiffusionGenerationConfig", "DiffusionGenerationMixin", "FAMILIES",
     "register_auto_classes",
 ]

@@ -19,9 +19,9 @@ from ..predictions import Prediction, run_prediction
 from .trainer import DiffusionTrainer
 
 
-def _text(tokenizer: Any, ids: list[int], start: int, eos: int | None, stop_at_eos: bool) -> str:
+def _text(tokenizer: Any, ids: list[int], start: int, eos: int | None, cut_at_eos: bool) -> str:
     span = ids[start:]
-    if stop_at_eos and eos is not None and eos in span:
+    if cut_at_eos and eos is not None and eos in span:
         span = span[: span.index(eos)]
     return tokenizer.decode(span, skip_special_tokens=True).strip()
 
@@ -57,8 +57,8 @@ def predict_diffusion(trainer: DiffusionTrainer, dataset: Any, tokenizer: Any, f
             generated = output.tokens[row, : len(record["input_ids"])].tolist()
             predictions.append(Prediction(
                 index=index,
-                predict=_text(tokenizer, generated, start, eos, stop_at_eos=supervised),
-                label=_text(tokenizer, list(record["input_ids"]), start, eos, stop_at_eos=supervised),
+                predict=_text(tokenizer, generated, start, eos, cut_at_eos=supervised),
+                label=_text(tokenizer, list(record["input_ids"]), start, eos, cut_at_eos=supervised),
             ))
         return predictions
 
