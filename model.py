@@ -28,20 +28,21 @@ from llamafactory.ddm import (
     sample,
     start_token_id,
 )
+from llamafactory.ddm.settings import BY_NAME, canonical
+from llamafactory.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
 
 def _sampler_settings(args: Any) -> dict[str, Any]:
-    """The settings ``args`` sets (not None), by name, each under any of its spellings (the original's first
-    read, as ``args.diffusion_steps`` is required); a missing nucleus is off, as in the original."""
-    values = {"steps": args.diffusion_steps, "temperature": args.logits_temp, "top_p": None}
-    for setting in SETTINGS:
-        for spelling in (*setting.spellings[1:], setting.name):
-            value = getattr(args, spelling, None)
-            if value is not None:
-                values[setting.name] = value
-                break
+    """The sampler settings ``args`` sets (not None), by name, each under any of its spellings; the step count
+    and temperature are required, and a missing nucleus is off, as in the original."""
+    given = {name: getattr(args, name) for setting in SETTINGS for name in setting.spellings
+             if getattr(args, name, None) is not None}
+    values = {"top_p": None, **canonical(given)}
+    missing = [BY_NAME[name].label for name in ("steps", "temperature") if name not in values]
+    if missing:
+        raise UserInputError(f"generate_samples needs args.{' and args.'.join(missing)}")
     return values
 
 

@@ -253,3 +253,14 @@ def settings_help(settings: Sequence[Setting] = SETTINGS) -> str:
         also = f" (also {', '.join(s.spellings[1:])})" if s.spellings[1:] else ""
         lines.append(f"``{s.name}``{also}: {s.help}; default {s.default!r}; {s.allowed()}")
     return "\n".join(lines)
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (docs/design.md#sampler-settings shows it; a test keeps the two equal)."""
+    rows = ["| setting | other spellings | type | default | allowed | what it does |", "| --- | --- | --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        also = ", ".join(f"`{name}`" for name in s.spellings[1:]) or "-"
+        kind = s.kind.__name__ if s.kind is not tuple else "token ids"
+        rows.append(f"| `{s.name}` | {also} | {kind}{' or none' if s.optional else ''} | `{s.default!r}` | "
+                    f"{s.allowed()} | {s.help} |")
+    return "\n".join(rows)

@@ -8,6 +8,7 @@ except ``greedy``, which is transformers' ``do_sample`` (False means argmax); an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import GenerationConfig
@@ -31,6 +32,20 @@ class DiffusionGenerationConfig(GenerationConfig):
         # transformers drops unknown keys of a config marked as derived from the model config: never mark it.
         kwargs["_from_model_config"] = False
         super().__init__(**kwargs)
+
+    def validate(self, strict: bool = False, **kwargs: Any) -> None:
+        """transformers' checks, never strict: its rule that ``temperature`` / ``top_p`` go unused without
+        ``do_sample`` is about left-to-right decoding, while the diffusion sampler's confidences use them under
+        ``greedy`` too, so a greedy config must still save."""
+        super().validate(strict=False, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **kwargs: Any) -> DiffusionGenerationConfig:
+        """A config holding ``settings`` (by name, as ``SamplingConfig.settings`` gives them) and ``kwargs``."""
+        values = dict(settings)
+        if GREEDY.name in values:
+            kwargs["do_sample"] = not values.pop(GREEDY.name)
+        return cls(**values, **kwargs)
 
     @classmethod
     def adopt(cls, config: GenerationConfig) -> DiffusionGenerationConfig:
