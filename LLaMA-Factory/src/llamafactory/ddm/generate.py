@@ -27,7 +27,8 @@ _DEFAULT = SamplingConfig()
 # replaces the defaults of those settings (``alg`` and ``remasking`` name a rule and a confidence measure).
 ALIASES: dict[str, tuple[str, ...]] = {
     "gen_length": ("max_new_tokens",), "block_size": ("block_length",),
-    "alg": ("strategy", "confidence"), "remasking": ("strategy", "confidence"),
+    "alg": ("strategy", "confidence", "schedule", "confidence_distribution"),
+    "remasking": ("strategy", "confidence", "schedule", "confidence_distribution"),
 }
 
 
@@ -74,6 +75,8 @@ def generate(
     alg: str | None = None,
     remasking: str | None = None,
     confidence: str | None = None,
+    schedule: str | None = None,
+    confidence_distribution: str | None = None,
     threshold: float = _DEFAULT.threshold,
     factor: float = _DEFAULT.factor,
     eb_gamma: float = _DEFAULT.eb_gamma,
@@ -94,17 +97,22 @@ def generate(
 
     ``attention_mask`` marks real prompt tokens (left padding; under shift each prompt starts with its
     BOS). ``block_length`` (alias ``block_size``) generates left to right in blocks; ``strategy`` is a
-    rule of ``STRATEGIES`` (or Dream's ``alg`` / LLaDA's ``remasking``); ``cache`` is ``none``,
+    rule of ``STRATEGIES`` (or Dream's ``alg`` / LLaDA's ``remasking``, which also select the peer's
+    ``schedule`` and ``confidence_distribution="full"`` unless those are given); ``cache`` is ``none``,
     ``prefix`` or ``dual``. Returns the sequences, or a :class:`GenerateOutput` with ``return_dict``.
     """
     new_tokens = _one_of("max_new_tokens", max_new_tokens, "gen_length", gen_length)
     if new_tokens is None or new_tokens < 1:
         raise UserInputError(f"max_new_tokens (gen_length) must be >= 1, got {new_tokens}")
-    strategy, confidence = resolve_rule(strategy, alg=alg, remasking=remasking, confidence=confidence)
+    rule = resolve_rule(strategy, alg=alg, remasking=remasking, confidence=confidence, schedule=schedule,
+                        confidence_distribution=confidence_distribution)
     config = SamplingConfig(
         steps=steps, temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-        strategy=_DEFAULT.strategy if strategy is None else strategy,
-        confidence=_DEFAULT.confidence if confidence is None else confidence,
+        strategy=_DEFAULT.strategy if rule.strategy is None else rule.strategy,
+        confidence=_DEFAULT.confidence if rule.confidence is None else rule.confidence,
+        schedule=_DEFAULT.schedule if rule.schedule is None else rule.schedule,
+        confidence_distribution=(_DEFAULT.confidence_distribution if rule.confidence_distribution is None
+                                 else rule.confidence_distribution),
         threshold=threshold, factor=factor, eb_gamma=eb_gamma,
         block_length=_one_of("block_length", block_length, "block_size", block_size),
         cache=cache, cache_refresh=cache_refresh, stop_at_eos=stop_at_eos, suppress_tokens=tuple(suppress_tokens),
