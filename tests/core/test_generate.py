@@ -156,11 +156,14 @@ def test_generate_returns_prompt_and_generation_and_takes_the_peers_names(gpt2):
     assert not (ours == MASK).any()
     dream = generate(gpt2, ids, mask, gen_length=8, steps=8, block_size=4, alg="topk_margin", temperature=0.0,
                      top_p=None)
-    assert torch.equal(dream, ours)
+    assert torch.equal(dream, generate(gpt2, ids, mask, max_new_tokens=8, steps=8, block_length=4,
+                                       strategy="confidence", confidence="margin", schedule="dream",
+                                       confidence_distribution="full", temperature=0.0, top_p=None))
     llada = generate(gpt2, ids, mask, gen_length=8, steps=8, block_length=4, remasking="low_confidence",
                      temperature=0.0, top_p=None)
     assert torch.equal(llada, generate(gpt2, ids, mask, max_new_tokens=8, steps=8, block_length=4,
-                                       strategy="confidence", greedy=True, top_p=None))
+                                       strategy="confidence", schedule="llada", confidence_distribution="full",
+                                       greedy=True, top_p=None))
     out = generate(gpt2, ids, mask, max_new_tokens=8, steps=8, return_dict=True, output_history=True,
                    generator=_seeded([0, 1]))
     assert isinstance(out, GenerateOutput) and out.nfe.tolist() == [8, 8] and len(out.history) == 9

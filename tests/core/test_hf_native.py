@@ -133,7 +133,9 @@ def test_generation_config_round_trips_and_supplies_the_defaults(exported, tmp_p
     assert reloaded.diffusion_generate(prompts, mask).tolist() == expected.tolist()
     aliased = reloaded.diffusion_generate(prompts, mask, gen_length=4, block_size=2, alg="maskgit_plus")
     assert aliased.tolist() == generate(source, prompts, mask, **{**chosen, "max_new_tokens": 4, "block_length": 2,
-                                                                  "strategy": "confidence", "confidence": "prob"}).tolist()
+                                                                  "strategy": "confidence", "confidence": "prob",
+                                                                  "schedule": "dream",
+                                                                  "confidence_distribution": "full"}).tolist()
 
 
 def test_a_left_padded_batch_equals_each_row_alone(exported):

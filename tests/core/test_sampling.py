@@ -40,11 +40,12 @@ def _seeded(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def _step(masked, confidence, steps_left=2, total=4, maskable=None, entropy=None, **knobs):
+def _step(masked, confidence, steps_left=2, total=4, maskable=None, entropy=None, **settings):
     masked = torch.tensor([masked])
     return Step(masked=masked, maskable=masked if maskable is None else torch.tensor([maskable]),
                 confidence=torch.tensor([confidence]).log(), entropy=None if entropy is None else torch.tensor([entropy]),
-                steps_left=torch.tensor([steps_left]), total=torch.tensor([total]), generators=[None], **knobs)
+                steps_left=torch.tensor([steps_left]), total=torch.tensor([total]), generators=[None],
+                settings=SamplingConfig(**settings))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

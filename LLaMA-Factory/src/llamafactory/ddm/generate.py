@@ -55,9 +55,11 @@ def sampler_config(settings: Mapping[str, Any], *, shift: bool, record_history: 
         raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
     new_tokens = values.pop(MAX_NEW_TOKENS.name, None)
     MAX_NEW_TOKENS.check(new_tokens)
-    strategy, confidence = resolve_rule(values.pop("strategy", None), alg=values.pop("alg", None),
-                                        remasking=values.pop("remasking", None), confidence=values.pop("confidence", None))
-    rule = {name: value for name, value in (("strategy", strategy), ("confidence", confidence)) if value is not None}
+    resolved = resolve_rule(values.pop("strategy", None), alg=values.pop("alg", None),
+                            remasking=values.pop("remasking", None), confidence=values.pop("confidence", None),
+                            schedule=values.pop("schedule", None),
+                            confidence_distribution=values.pop("confidence_distribution", None))
+    rule = {name: value for name, value in vars(resolved).items() if value is not None}
     config = SamplingConfig(**values, **rule, shift=shift, record_history=record_history)
     config.validate()
     return new_tokens, config
@@ -80,7 +82,8 @@ def generate(
 
     ``attention_mask`` marks real prompt tokens (left padding; under shift each prompt starts with its
     BOS). ``settings`` are the sampler's, by name or any other spelling (the signature lists them all);
-    Dream's ``alg`` / LLaDA's ``remasking`` name a rule and a confidence measure. Returns the sequences, or a
+    Dream's ``alg`` / LLaDA's ``remasking`` name a rule and a confidence measure and, unless given, select the
+    peer's ``schedule`` and ``confidence_distribution="full"``. Returns the sequences, or a
     :class:`GenerateOutput` with ``return_dict``.
     """
     new_tokens, config = sampler_config(settings, shift=model.shift, record_history=output_history)

@@ -2,7 +2,9 @@
 
 From raw logits: divide by the temperature (0 means argmax), never propose the mask token or a
 suppressed token, keep the ``top_k`` most likely and then the nucleus of mass ``top_p``, and take the
-argmax or draw one token. A row's draws come from that row's own generator.
+argmax or draw one token. A row's draws come from that row's own generator. The confidence is read off
+the distribution the candidate was drawn from (``proposable``, the default) or, as LLaDA and Dream do,
+off the full softmax with the mask token's mass left in (``full``; the filters then apply to it too).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Protocol
 import torch
 
 NUCLEUS_FAST_K = 256
+CONFIDENCE_DISTRIBUTIONS = ("proposable", "full")
 
 
 class TokenChoice(Protocol):
@@ -25,6 +28,7 @@ class TokenChoice(Protocol):
     top_k: int | None
     greedy: bool
     confidence: str
+    confidence_distribution: str
     suppress_tokens: Sequence[int]
 
 
@@ -95,23 +99,28 @@ def propose(
     """Candidates for ``[N, vocab]`` logits of positions in batch rows ``rows`` (draws use ``generators[row]``)."""
     greedy = choice.greedy or choice.temperature == 0
     logits = logits.float() / (choice.temperature if choice.temperature > 0 else 1.0)
-    logits[:, mask_id] = -math.inf
-    if choice.suppress_tokens:
-        logits[:, list(choice.suppress_tokens)] = -math.inf
+    never = [mask_id, *choice.suppress_tokens]
+    full = choice.confidence_distribution == "full"
+    if not full:
+        logits[:, never] = -math.inf
     if choice.top_k is not None:
         logits = top_k_filter(logits, choice.top_k)
     if choice.top_p is not None:
         logits = nucleus_filter(logits, choice.top_p)
-    log_probs = logits.log_softmax(dim=-1)
+    scored = logits.log_softmax(dim=-1)
+    log_probs = scored
+    if full:
+        log_probs = logits.index_fill(1, torch.tensor(never, device=logits.device), -math.inf).log_softmax(dim=-1)
     tokens = log_probs.argmax(dim=-1) if greedy else _draw(log_probs, generators, rows)
     entropy = None
     if with_entropy or choice.confidence == "entropy":
-        entropy = torch.special.entr(log_probs.exp()).sum(dim=-1)
+        entropy = torch.special.entr(scored.exp()).sum(dim=-1)
     if choice.confidence == "entropy":
         confidence = -entropy
     elif choice.confidence == "margin":
-        top2 = log_probs.exp().topk(min(2, log_probs.shape[-1]), dim=-1).values
+        proposable = scored.masked_fill(~torch.isfinite(log_probs), -math.inf)
+        top2 = proposable.exp().topk(min(2, log_probs.shape[-1]), dim=-1).values
         confidence = (top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0.0)).log()
     else:
-        confidence = log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+        confidence = scored.gather(-1, tokens[:, None]).squeeze(-1)
     return Proposal(tokens=tokens, confidence=confidence, entropy=entropy)

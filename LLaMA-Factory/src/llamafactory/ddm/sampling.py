@@ -22,7 +22,7 @@ from .cache import DenoiserCalls
 from .model import DiffusionLM, first_predicted_token
 from .proposals import nucleus_filter, propose
 from .settings import SamplingConfig
-from .strategies import STRATEGIES, Step, Strategy
+from .strategies import Rule, Step
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
@@ -177,7 +177,9 @@ def sample(
     plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask)
     state = _State(denoiser, plan, attention_mask if full_mask else plan.padding,
                    _generators(generator, input_ids.shape[0]), mask_id, config)
-    state.run(config.rule(), plan.start, plan.block, progress)
+    while state.step():
+        if progress is not None:
+            progress(1)
     tokens, history = state.final, state.history
     if plan.layout is not None:
         tokens = plan.layout.restore(tokens)
@@ -186,11 +188,12 @@ def sample(
 
 
 class _State:
-    """The rows still being generated, their tokens and masks; finished rows are written to ``final``."""
+    """The rows still being generated, their tokens and masks, and where they are: the current block
+    ``[left, right)`` and the step within it. Finished rows are written to ``final`` and leave the batch."""
 
     def __init__(self, denoiser: DiffusionLM | Denoiser, plan: _Plan, attention_mask: torch.Tensor | None,
                  generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig) -> None:
-        self.config, self.mask_id = config, mask_id
+        self.config, self.mask_id, self.rule = config, mask_id, config.rule()
         input_ids, self.generated = plan.input_ids, plan.generated
         self.masked = self.generated.clone()
         self.tokens = torch.where(self.masked, torch.full_like(input_ids, mask_id), input_ids)
@@ -198,44 +201,65 @@ class _State:
         self.history = [self.final.to("cpu", copy=True)] if config.record_history else []
         self.rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original index of each live row
         self.generators = generators
-        self.steps_per_block = plan.steps_per_block
+        self.start, self.width, self.steps_per_block = plan.start, plan.block, plan.steps_per_block
         self.block_maskable = self.masked[:, :0]
         self.nfe = torch.zeros(input_ids.shape[0], dtype=torch.long)
         self.calls = DenoiserCalls(denoiser, mode=config.cache, shift=config.shift, attention_mask=attention_mask,
                                    refresh_every=config.cache_refresh)
         self.eos_id, self.fill_id = _end_tokens(denoiser, config)
+        self.index, self.left, self.right, self.block_step = -1, plan.start, plan.start, 0
         self._keep(self.masked.any(dim=1))
 
-    def run(self, rule: Strategy, start: int, block: int, progress: Callable[[int], None] | None) -> None:
-        length = self.tokens.shape[1]
-        for index, left in enumerate(range(start, length, block)):
-            right = min(left + block, length)
-            if not self.rows.numel() or not self.masked[:, left:right].any():
-                continue
-            self.calls.start_block(left, right)
-            self.block_maskable = self.masked[:, left:right].clone()
-            step = 0
-            while self.rows.numel():
-                budget = self.steps_per_block[self.rows, index]
-                working = self.masked[:, left:right].any(dim=1) & (step < budget)
-                if not working.any():
-                    break
-                self._step(rule, left, right, working, (budget - 1 - step).clamp(min=0), budget)
-                step += 1
-                self._after_step(progress)
-            self._keep(self.masked.any(dim=1))
+    def step(self) -> bool:
+        """One reverse step of the live rows still working on the current block, moving to the next block
+        first where every row has finished this one; False when nothing is left to generate."""
+        working = self._working()
+        while not working.any():
+            if self.index >= 0:
+                self._keep(self.masked.any(dim=1))
+            if not self._next_block():
+                return False
+            working = self._working()
+        budget = self.steps_per_block[self.rows, self.index]
+        self._decide(working, (budget - 1 - self.block_step).clamp(min=0), budget)
+        self.block_step += 1
+        self._after_step()
+        return True
 
-    def _step(self, rule: Strategy, left: int, right: int, working: torch.Tensor, steps_left: torch.Tensor,
-              budget: torch.Tensor) -> None:
-        """One reverse step of the rows in ``working`` over the block ``[left, right)``."""
+    def _working(self) -> torch.Tensor:
+        """Rows with masks left in the block and steps left in their budget for it."""
+        if self.index < 0 or not self.rows.numel():
+            return torch.zeros_like(self.rows, dtype=torch.bool)
+        budget = self.steps_per_block[self.rows, self.index]
+        return self.masked[:, self.left : self.right].any(dim=1) & (self.block_step < budget)
+
+    def _next_block(self) -> bool:
+        """Move to the next block holding a mask of a live row; False after the last block."""
+        length = self.tokens.shape[1]
+        while self.rows.numel():
+            self.index += 1
+            self.left = self.start + self.index * self.width
+            if self.left >= length:
+                return False
+            self.right = min(self.left + self.width, length)
+            if self.masked[:, self.left : self.right].any():
+                self.calls.start_block(self.left, self.right)
+                self.block_maskable = self.masked[:, self.left : self.right].clone()
+                self.block_step = 0
+                return True
+        return False
+
+    def _decide(self, working: torch.Tensor, steps_left: torch.Tensor, budget: torch.Tensor) -> None:
+        """Draw candidates for the rows in ``working`` and fix the positions the rule picks (all that are
+        left at a row's last step of the block)."""
+        left, right, rule = self.left, self.right, self.rule
         logits = self.calls(self.tokens, working)  # the working rows only
         masked = self.masked[:, left:right] & working[:, None]
         maskable = self.block_maskable & working[:, None]
-        looked_at = maskable if rule is STRATEGIES["topk"] else masked
-        rows, cols = looked_at.nonzero(as_tuple=True)
+        rows, cols = (maskable if rule.scores_fixed else masked).nonzero(as_tuple=True)
         among_working = working.long().cumsum(dim=0) - 1
         proposal = propose(logits[among_working[rows], cols], self.config, self.generators, rows, self.mask_id,
-                           with_entropy=rule is STRATEGIES["eb"])
+                           with_entropy=rule.needs_entropy)
         deciding = (steps_left > 0)[:, None]
         fix = masked & ~deciding
         if bool((deciding & masked).any()):
@@ -247,7 +271,7 @@ class _State:
                 entropy[rows, cols] = proposal.entropy
             step = Step(masked=masked & deciding, maskable=maskable & deciding, confidence=confidence,
                         entropy=entropy, steps_left=steps_left, total=budget, generators=self.generators,
-                        threshold=self.config.threshold, factor=self.config.factor, eb_gamma=self.config.eb_gamma)
+                        settings=self.config)
             fix |= rule(step) & masked & deciding
         candidates = self.tokens[:, left:right].clone()
         candidates[rows, cols] = proposal.tokens
@@ -255,13 +279,11 @@ class _State:
         self.masked[:, left:right] &= ~fix
         self.nfe[self.rows[working].cpu()] += 1
 
-    def _after_step(self, progress: Callable[[int], None] | None) -> None:
+    def _after_step(self) -> None:
         done = self._stop_at_eos() if self.config.stop_at_eos else torch.zeros_like(self.rows, dtype=torch.bool)
         self.final[self.rows] = self.tokens
         if self.config.record_history:
             self.history.append(self.final.to("cpu", copy=True))
-        if progress is not None:
-            progress(1)
         self._keep(self.masked.any(dim=1) & ~done)
 
     def _stop_at_eos(self) -> torch.Tensor:

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from ..errors import UserInputError
 from .cache import CACHE_MODES
-from .strategies import CONFIDENCE_MEASURES, STRATEGIES, Strategy
+from .proposals import CONFIDENCE_DISTRIBUTIONS
+from .strategies import CONFIDENCE_MEASURES, SCHEDULES, STRATEGIES, Rule, Strategy, as_rule
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a name", tuple: "token ids"}
@@ -122,6 +123,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("strategy", str, "random", "which masked positions to fix at each step", choices=tuple(STRATEGIES),
             original="decoding_strategy", accepts_rule=True),
     Setting("confidence", str, "prob", "confidence measure of the rules", choices=CONFIDENCE_MEASURES),
+    Setting("confidence_distribution", str, "proposable",
+            "distribution the confidence is read from: the candidates' own (proposable) or the full softmax (full)",
+            choices=CONFIDENCE_DISTRIBUTIONS),
+    Setting("schedule", str, "linear",
+            "how many positions a quota step fixes: floor(n t / T) (linear), LLaDA's even split (llada), "
+            "Dream's share of the masks left (dream)", choices=SCHEDULES),
     Setting("threshold", float, 0.9, "threshold rule: fix positions at least this confident", low=0, low_open=True,
             high=1, rule="threshold"),
     Setting("factor", float, 1.0, "factor rule: its factor f", low=0, low_open=True, rule="factor"),
@@ -139,9 +146,10 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 # The length of a ``generate`` request (not a loop setting: ``sample`` fills the masks it is given).
 MAX_NEW_TOKENS = Setting("max_new_tokens", int, None, "tokens generated after each prompt", low=1,
                          aliases=("gen_length",), label_override="max_new_tokens (gen_length)")
-# Peers' names for a (strategy, confidence) pair, resolved by ``strategies.resolve_rule``: Dream's ``alg``,
-# LLaDA's ``remasking``; either replaces the defaults of both settings.
-RULE_ALIASES: dict[str, tuple[str, ...]] = {"alg": ("strategy", "confidence"), "remasking": ("strategy", "confidence")}
+# Peers' rule names, resolved by ``strategies.resolve_rule``: Dream's ``alg``, LLaDA's ``remasking``; either
+# replaces the defaults of these settings (the peer's rule, measure, schedule and confidence distribution).
+_PEER_RULE = ("strategy", "confidence", "schedule", "confidence_distribution")
+RULE_ALIASES: dict[str, tuple[str, ...]] = {"alg": _PEER_RULE, "remasking": _PEER_RULE}
 # What ``generate`` takes: the request's length and every loop setting.
 GENERATE_SETTINGS: tuple[Setting, ...] = (MAX_NEW_TOKENS, *SETTINGS)
 
@@ -216,8 +224,8 @@ class SamplingConfig:
         """Raise ``UserInputError`` naming the first unusable setting (its message is ``Setting.problem``'s)."""
         check_settings(self.settings())
 
-    def rule(self) -> Strategy:
-        return STRATEGIES[self.strategy] if isinstance(self.strategy, str) else self.strategy
+    def rule(self) -> Rule:
+        return STRATEGIES[self.strategy] if isinstance(self.strategy, str) else as_rule(self.strategy)
 
     def as_dict(self) -> dict[str, object]:
         """How tokens are chosen, for result files (the step count, shift and history switch are the caller's)."""
