@@ -17,10 +17,9 @@ import torch
 
 from ..errors import UserInputError
 
-# Kernels that take an arbitrary 4D float mask (flex_attention adds it as a score modification; transformers
-# accepts flex for LLaMA, not for GPT-2).
+# Kernels that take an arbitrary 4D float mask. flex_attention would add it as a score modification, which
+# crashes on CPU with torch 2.13 (a BlockMask for it is not built here); flash_attention_2 takes no 4D mask.
 MASK_KERNELS = ("eager", "sdpa")
-FLEX_MODEL_TYPES = ("llama", "diffullama")
 
 
 def check_block_size(block_size: object) -> int | None:
@@ -36,11 +35,9 @@ def check_block_size(block_size: object) -> int | None:
 def check_block_kernel(attn_implementation: str | None, model_type: str) -> None:
     """Refuse an attention kernel that cannot take the block-causal mask, before any work."""
     kernel = attn_implementation or "eager"
-    if kernel in MASK_KERNELS or (kernel == "flex_attention" and model_type in FLEX_MODEL_TYPES):
-        return
-    allowed = ", ".join(MASK_KERNELS) + (" or flex_attention" if model_type in FLEX_MODEL_TYPES else "")
-    raise UserInputError(f"block diffusion needs an attention kernel that takes a 4D mask; attn_implementation "
-                         f"{kernel!r} cannot for {model_type}: use {allowed}")
+    if kernel not in MASK_KERNELS:
+        raise UserInputError(f"block diffusion needs an attention kernel that takes a 4D mask; attn_implementation "
+                             f"{kernel!r} cannot for {model_type}: use {' or '.join(MASK_KERNELS)}")
 
 
 def position_ids(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -127,7 +124,9 @@ def block_attention_inputs(
     """
     if attention_mask is not None and attention_mask.dim() == 4:
         return attention_mask, positions
-    if positions is None:
+    given = positions is not None
+    if not given:
         positions = position_ids(attention_mask, shape, device)
-    mask = block_causal_mask(positions, block_size, attention_mask=attention_mask, dtype=dtype)
+    shared = positions if given or attention_mask is not None else positions[:1]  # one mask for the batch
+    mask = block_causal_mask(shared, block_size, attention_mask=attention_mask, dtype=dtype)
     return mask, positions

@@ -249,7 +249,8 @@ def noisy_clean_inputs(
     """Model inputs of the one block-diffusion forward: ids ``[x_t ; x_0]`` ``[batch, 2L]``, both halves with the
     rows' position ids, and the ``noisy_clean_mask`` (``opened``: the pairs allowed inside a block)."""
     positions = position_ids(attention_mask, input_ids.shape, input_ids.device)
-    mask = noisy_clean_mask(positions, block_size, attention_mask=attention_mask, opened=opened, dtype=dtype)
+    shared = positions if attention_mask is not None else positions[:1]  # no padding: one mask for the batch
+    mask = noisy_clean_mask(shared, block_size, attention_mask=attention_mask, opened=opened, dtype=dtype)
     return {"input_ids": torch.cat([noisy, input_ids], dim=1), "attention_mask": mask,
             "position_ids": positions.repeat(1, 2)}
 
