@@ -24,16 +24,10 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
+from .attention import position_ids
 from .model import DiffusionLM, align_to_tokens, predicting_output
 
 CACHE_MODES = ("none", "prefix", "dual")
-
-
-def position_ids(attention_mask: torch.Tensor | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    """Position of every column counted over real tokens only, so left padding does not move a row."""
-    if attention_mask is None or attention_mask.dim() != 2:
-        return torch.arange(shape[1], device=device).expand(shape[0], -1)
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def _rows(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:

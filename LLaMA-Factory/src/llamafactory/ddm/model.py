@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from .attention import block_attention_inputs, check_block_kernel, check_block_size
 from .tokens import SpecialTokens
 
 # Config keys of architectures whose logits are transformed after the output head.
@@ -74,17 +75,24 @@ def align_to_outputs(values: torch.Tensor, shift: bool, fill: int | bool | float
 class DiffusionLM(nn.Module):
     """A bidirectional denoiser over any transformers causal LM that honours ``config.is_causal``.
 
-    ``forward(input_ids, attention_mask=None)`` returns raw logits ``[batch, length, vocab]``;
-    with ``shift`` (the released models) output ``i`` predicts token ``i + 1``.
+    ``forward(input_ids, attention_mask=None, position_ids=None)`` returns raw logits ``[batch, length,
+    vocab]``; with ``shift`` (the released models) output ``i`` predicts token ``i + 1``.
     ``attention_mask`` is either a 2D padding mask (1 = real token) or a 4D float additive mask
     ``[batch or 1, 1, length, length]`` (0 = attend, dtype minimum = blocked), e.g. for annealing.
+    With ``block_size`` (block diffusion, docs/design.md#block-diffusion) a 2D or absent mask becomes the
+    block-causal mask of the row's position ids: outputs of a block never depend on later blocks.
     """
 
-    def __init__(self, model: PreTrainedModel, tokens: SpecialTokens, shift: bool = True) -> None:
+    def __init__(self, model: PreTrainedModel, tokens: SpecialTokens, shift: bool = True,
+                 block_size: int | None = None) -> None:
         super().__init__()
         self.model = make_bidirectional(model)
         self.tokens = tokens
         self.shift = shift
+        self.block_size = check_block_size(block_size)
+        if self.block_size is not None:
+            config = self.causal_lm().config
+            check_block_kernel(getattr(config, "_attn_implementation", None), config.model_type)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -102,8 +110,19 @@ class DiffusionLM(nn.Module):
     def mask_id(self) -> int:
         return self.tokens.mask_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    def attention_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                         position_ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The ``(attention_mask, position_ids)`` the transformer gets: as given, or block-causal under ``block_size``."""
+        if self.block_size is None:
+            return attention_mask, position_ids
+        return block_attention_inputs(input_ids.shape, self.block_size, attention_mask=attention_mask,
+                                      positions=position_ids, dtype=self.dtype, device=input_ids.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        attention_mask, position_ids = self.attention_inputs(input_ids, attention_mask, position_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).logits
 
     def causal_lm(self) -> PreTrainedModel:
         """The underlying transformers model (inside a peft wrapper, if any)."""
@@ -114,11 +133,14 @@ class DiffusionLM(nn.Module):
         config = self.causal_lm().config
         return not any(getattr(config, key, None) for key in _LOGIT_TRANSFORMS)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states ``[batch, length, hidden]``, before the output head; for inference only
         (it bypasses the top-level forward that distributed training wrappers hook)."""
+        attention_mask, position_ids = self.attention_inputs(input_ids, attention_mask, position_ids)
         body = self.causal_lm().base_model
-        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False).last_hidden_state
 
     def output_head(self) -> nn.Module:
         return self.causal_lm().get_output_embeddings()

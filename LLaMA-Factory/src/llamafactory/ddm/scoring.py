@@ -7,6 +7,10 @@ nothing), and the levels are averaged. Two estimators pick the masks:
 * ``original`` (the original evaluation's): each token is masked independently with probability ``t/T``;
 * ``exact``: exactly ``ceil(n * t / T)`` tokens, drawn uniformly (never an empty level; lower variance).
 
+A model with a ``block_size`` (block diffusion, docs/design.md#block-diffusion) scores each masked token from its
+block's conditional: its block noised as the level says, the blocks before it clean, later blocks unseen; all
+blocks of a level in one forward of ``[x_t ; x_0]``.
+
 Lower is better; multiple choice picks the argmin. The masks depend only on the seed, the estimator and the
 continuation length, and every row is scored with padding hidden from attention, so results do not
 depend on the batch size or batch composition.
@@ -23,7 +27,9 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import UserInputError
+from .attention import position_ids
 from .model import DiffusionLM, first_predicted_token, predicting_output
+from .noise import block_predicting_outputs, noisy_clean_inputs
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,22 @@ def level_masks(n: int, steps: int, seed: int, estimator: str) -> list[list[int]
     return masks
 
 
-def _masked_losses(model: DiffusionLM, ids: torch.Tensor, attention: torch.Tensor | None, rows: torch.Tensor,
-                   positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (float32) at each masked ``(rows, positions)``; the head runs on those positions only."""
-    source = predicting_output(positions, model.shift)
+def _masked_losses(model: DiffusionLM, ids: torch.Tensor, clean: torch.Tensor, attention: torch.Tensor | None,
+                   rows: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (float32) at each masked ``(rows, positions)`` of ``ids`` (``clean``: the unmasked ids); the
+    head runs on those positions only. Under ``block_size`` the forward is the ``[x_t ; x_0]`` one."""
+    if model.block_size is None:
+        inputs = {"input_ids": ids, "attention_mask": attention}
+        source = predicting_output(positions, model.shift)
+    else:
+        inputs = noisy_clean_inputs(ids, clean, model.block_size, attention_mask=attention, dtype=model.dtype)
+        columns = position_ids(attention, ids.shape, ids.device)
+        source = block_predicting_outputs(rows, positions, columns, model.block_size, model.shift)
     if model.has_plain_head():
-        hidden = model.hidden_states(ids, attention)[rows, source]  # [N, hidden]
+        hidden = model.hidden_states(**inputs)[rows, source]  # [N, hidden]
         logits = model.output_head()(hidden)
     else:
-        logits = model(ids, attention)[rows, source]
+        logits = model(**inputs)[rows, source]
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
@@ -89,11 +102,12 @@ def _score_rows(
         counts = torch.tensor([len(rows[i].masked) for i in chunk])
         batch_rows = torch.repeat_interleave(torch.arange(len(chunk)), counts)
         positions = torch.tensor([p for i in chunk for p in rows[i].masked])
+        clean = ids.clone()
         targets = ids[batch_rows, positions].clone()
         ids[batch_rows, positions] = model.mask_id
         attention = None if bool(keep.all()) else keep.long().to(device)
-        losses = _masked_losses(model, ids.to(device), attention, batch_rows.to(device), positions.to(device),
-                                targets.to(device))
+        losses = _masked_losses(model, ids.to(device), clean.to(device), attention, batch_rows.to(device),
+                                positions.to(device), targets.to(device))
         sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, batch_rows, losses.double().cpu())
         results[torch.tensor(chunk)] = sums / counts.clamp(min=1)
         if progress is not None:

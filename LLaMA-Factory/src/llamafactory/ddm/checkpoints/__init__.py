@@ -17,8 +17,10 @@ from .metadata import (
     check_window,
     generation_length,
     position_limit,
+    record_block_size,
     record_generation_length,
     record_mask_id,
+    recorded_block_size,
     recorded_mask_id,
 )
 from .saving import save_diffusion_checkpoint
@@ -27,6 +29,7 @@ __all__ = [
     "apply_adapters", "BODY_PREFIX", "check_window", "checkpoint_keys", "detect_layout", "EMBED_PREFIX",
     "generation_length", "hf_to_wrapper_keys", "is_adapter_dir", "Layout", "load_adapter", "load_causal_lm",
     "load_diffusion_lm", "load_tokenizer", "load_weights_into", "position_limit", "read_state_dict",
-    "record_generation_length", "record_mask_id", "recorded_mask_id", "save_diffusion_checkpoint",
+    "record_block_size", "record_generation_length", "record_mask_id", "recorded_block_size", "recorded_mask_id",
+    "save_diffusion_checkpoint",
     "tokenizer_problem", "weight_files", "wrapper_to_hf_keys",
 ]

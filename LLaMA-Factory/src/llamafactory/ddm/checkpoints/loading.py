@@ -32,7 +32,7 @@ from .layouts import (
     weight_files,
     wrapper_to_hf_keys,
 )
-from .metadata import recorded_mask_id
+from .metadata import recorded_block_size, recorded_mask_id
 
 # Encoded to check that a tokenizer really tokenizes: any working vocabulary gives several distinct ids.
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog; 0123456789."
@@ -204,7 +204,8 @@ def load_diffusion_lm(
     shift: bool = True,
     trust_remote_code: bool = False,
 ) -> tuple[DiffusionLM, Any]:
-    """Checkpoint + tokenizer + special tokens -> ``(DiffusionLM, tokenizer)``, ready to sample."""
+    """Checkpoint + tokenizer + special tokens -> ``(DiffusionLM, tokenizer)``, ready to sample; a recorded
+    ``block_size`` makes its attention block-causal (docs/design.md#block-diffusion)."""
     directory = resolve_checkpoint_dir(name_or_path)
     fallback = base_model if isinstance(base_model, str) else None
     if tokenizer is None:
@@ -229,7 +230,7 @@ def load_diffusion_lm(
         )
     tokens = resolve_special_tokens(tokenizer, model.config.model_type, rows, config=model.config,
                                     recorded_mask_id=recorded_mask_id(model.config))
-    wrapper = DiffusionLM(model, tokens, shift=shift)
+    wrapper = DiffusionLM(model, tokens, shift=shift, block_size=recorded_block_size(model.config))
     if device is not None:
         wrapper.to(device)
     return wrapper.eval(), tokenizer

@@ -4,6 +4,8 @@
   ``task_specific_params["text-generation"]["max_length"]`` (512 DiffuGPT-S, 1024 DiffuGPT-M, 2048 DiffuLLaMA).
 * The mask token id (``mask_token_id``), written by the 7B trainer (DiffuLLaMA-training) so that a model saved
   without tokenizer files still names its mask token; the released checkpoints do not have it.
+* The block size of block diffusion (``block_size``; absent or null = full-sequence diffusion), so every
+  loader builds the model with its block-causal attention (docs/design.md#block-diffusion).
 * ``check_window``: a sequence longer than the position table fails before any work, not at step N.
 """
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from ...errors import UserInputError
+from ..attention import check_block_size
 
 MASK_ID_KEY = "mask_token_id"
+BLOCK_SIZE_KEY = "block_size"
 
 
 def generation_length(config: PretrainedConfig, default: int = 512) -> int:
@@ -59,3 +63,13 @@ def recorded_mask_id(config: PretrainedConfig) -> int | None:
     """The mask token id a checkpoint's config records, if any."""
     value = getattr(config, MASK_ID_KEY, None)
     return None if value is None else int(value)
+
+
+def record_block_size(config: PretrainedConfig, block_size: int | None) -> None:
+    """Store the block size the model was trained with (None: full-sequence diffusion)."""
+    setattr(config, BLOCK_SIZE_KEY, check_block_size(block_size))
+
+
+def recorded_block_size(config: PretrainedConfig) -> int | None:
+    """The block size a checkpoint's config records, or None (full-sequence diffusion)."""
+    return check_block_size(getattr(config, BLOCK_SIZE_KEY, None))

@@ -14,7 +14,7 @@ from ...errors import UserInputError
 from ...utils.files import staged_directory
 from ..model import make_bidirectional
 from .layouts import Layout, hf_to_wrapper_keys
-from .metadata import record_generation_length
+from .metadata import record_block_size, record_generation_length
 
 
 def save_diffusion_checkpoint(
@@ -26,10 +26,12 @@ def save_diffusion_checkpoint(
     generation_length: int | None = None,
     max_shard_size: str = "5GB",
     state_dict: dict[str, torch.Tensor] | None = None,
+    block_size: int | None = None,
 ) -> Path:
     """Write a checkpoint in a released layout, staged and then moved into place whole.
 
-    The config records ``is_causal = False`` and, when given, the sampling length; the wrapper layout
+    The config records ``is_causal = False`` and, when given, the sampling length and the block size of
+    block diffusion (docs/design.md#block-diffusion); the wrapper layout
     is for tied models (DiffuGPT) and stores no head. ``state_dict`` replaces the model's own weights
     (e.g. gathered from ZeRO-3 shards onto one process), keyed as ``model.state_dict()``.
     """
@@ -40,6 +42,8 @@ def save_diffusion_checkpoint(
         make_bidirectional(model)
         if generation_length is not None:
             record_generation_length(config, generation_length)
+        if block_size is not None:
+            record_block_size(config, block_size)
         if layout == "wrapper":
             state = {k: v.detach().cpu().contiguous() for k, v in hf_to_wrapper_keys(model, state_dict).items()}
             save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})

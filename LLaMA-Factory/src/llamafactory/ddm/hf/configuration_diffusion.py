@@ -11,8 +11,9 @@ from transformers import GPT2Config, LlamaConfig
 @dataclass(kw_only=True)
 class DiffusionFields:
     """The keys a diffusion checkpoint's config.json adds to its AR model's: the special token ids the sampler
-    needs (``mask_token_id`` is required to sample), the shift convention (docs/design.md#shift), and full
-    attention (``is_causal = False``, which transformers' attention kernels honour)."""
+    needs (``mask_token_id`` is required to sample), the shift convention (docs/design.md#shift), full
+    attention (``is_causal = False``, which transformers' attention kernels honour) and the block size of
+    block diffusion (None: full-sequence; docs/design.md#block-diffusion)."""
 
     records_special_tokens = True  # resolve_special_tokens reads pad / sep ids from configs that say so
 
@@ -20,6 +21,7 @@ class DiffusionFields:
     sep_token_id: int | None = None
     shift: bool = True
     is_causal: bool = False
+    block_size: int | None = None
 
 
 class DiffuGPTConfig(DiffusionFields, GPT2Config):

@@ -96,13 +96,13 @@ def _family(model_type: str) -> tuple[str, type, type]:
 
 def native_model(model: DiffusionLM) -> PreTrainedModel:
     """The same weights (shared, not copied) as a ``DiffuGPTForMaskedLM`` / ``DiffuLLaMAForMaskedLM`` whose
-    config records the special tokens and the shift convention."""
+    config records the special tokens, the shift convention and the block size."""
     causal = model.causal_lm()
     _, config_class, model_class = _family(causal.config.model_type)
     tokens = model.tokens
     settings = {key: value for key, value in causal.config.to_dict().items() if key not in _CLASS_KEYS}
     settings.update(mask_token_id=tokens.mask_id, pad_token_id=tokens.pad_id, sep_token_id=tokens.sep_id,
-                    shift=model.shift, is_causal=False)
+                    shift=model.shift, is_causal=False, block_size=model.block_size)
     settings.update({key: value for key, value in (("bos_token_id", tokens.bos_id), ("eos_token_id", tokens.eos_id))
                      if value is not None})
     config = config_class.from_dict(settings)

@@ -2,6 +2,7 @@
 
 The transformers GPT-2 / LLaMA LMs with their weight names, run with full attention. ``model(input_ids,
 attention_mask)`` returns logits (under ``config.shift`` output ``i`` predicts token ``i + 1``);
+with ``config.block_size`` the forward makes attention block-causal itself (docs/design.md#block-diffusion);
 ``diffusion_generate`` and ``generate`` run the core generator (``ddm.generate``) with the defaults of
 ``generation_config``, never transformers' left-to-right decoding.
 """
@@ -14,6 +15,7 @@ import torch
 from transformers import GenerationConfig, GPT2LMHeadModel, LlamaForCausalLM
 
 from ...errors import UserInputError
+from ..attention import block_attention_inputs
 from ..generate import GenerateOutput, generate
 from ..model import DiffusionLM
 from ..tokens import SpecialTokens
@@ -23,6 +25,22 @@ from .generation_diffusion import DiffusionGenerationConfig
 
 class DiffusionGenerationMixin:
     """Sampling for a transformers LM whose config carries ``DiffusionFields``."""
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values: Any = None, **kwargs: Any) -> Any:
+        """The AR model's forward; under ``config.block_size`` a 2D or absent ``attention_mask`` becomes the
+        block-causal mask when no key/value cache holds tokens yet (with a filled cache the caller's mask is
+        used: the current block sees every cached block)."""
+        block_size = self.config.block_size
+        cached = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if block_size is not None and not cached:
+            embeds = kwargs.get("inputs_embeds")
+            source = input_ids if input_ids is not None else embeds
+            attention_mask, position_ids = block_attention_inputs(
+                source.shape[:2], block_size, attention_mask=attention_mask, positions=position_ids,
+                dtype=self.dtype, device=source.device)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, **kwargs)
 
     @property
     def generation_config(self) -> DiffusionGenerationConfig | None:
@@ -44,7 +62,8 @@ class DiffusionGenerationMixin:
 
     def diffusion_lm(self) -> DiffusionLM:
         """This model as the core's denoiser (the same module, not a copy)."""
-        return DiffusionLM(self, self.special_tokens(), shift=self.config.shift)
+        return DiffusionLM(self, self.special_tokens(), shift=self.config.shift,
+                           block_size=self.config.block_size)
 
     @torch.no_grad()
     def diffusion_generate(
