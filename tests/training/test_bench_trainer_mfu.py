@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import bench_trainer_mfu as bench
 
+
 def _tiny_shape_flops_per_token(block: int) -> int:
     """6 x matmul weights + 12 x layers x hidden x length, counted by hand for the benchmark's --tiny LLaMA."""
     vocab, hidden, inner, layers = 512, 64, 128, 2  # 4 heads, 4 key-value heads: k and v are hidden wide
