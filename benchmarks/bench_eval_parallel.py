@@ -1,8 +1,8 @@
 """Wall time of the evaluation command in 1 and in N processes (``torchrun``, CPU, gloo) on the bundled tiny
 DiffuGPT, side by side in one run, and whether both wrote the same per-example records.
 
-    python benchmarks/bench_eval_parallel.py                  # 2 processes, 48 GSM8K-style + 96 LAMBADA-style
-    python benchmarks/bench_eval_parallel.py --processes 4 --examples 200
+    python -m benchmarks.bench_eval_parallel                  # 2 processes, 48 GSM8K-style + 96 LAMBADA-style
+    python -m benchmarks.bench_eval_parallel --processes 4 --examples 200
 
 The data are written to a temporary folder in the published formats (GSM8K ``test.jsonl``, LAMBADA's
 plain-text file), so nothing is downloaded. Each process runs one CPU thread. Per run it prints the wall

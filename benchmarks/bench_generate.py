@@ -14,16 +14,15 @@ Settings: the original recipe (T = n steps over the whole sequence, most confide
 per step, no cache), then blocks of ``--block-length`` with the same one-token schedule, and the parallel
 rules threshold / factor / eb, each with no cache, a prefix cache and a dual cache.
 
-    python benchmarks/bench_generate.py                      # both parts, about 6 minutes on one CPU thread
-    python benchmarks/bench_generate.py --limit 300          # (a) on every held-out record (the README's table)
-    python benchmarks/bench_generate.py --limit 20 --skip-gpt2   # a quick look at (a) only
+    python -m benchmarks.bench_generate                      # both parts, about 6 minutes on one CPU thread
+    python -m benchmarks.bench_generate --limit 300          # (a) on every held-out record (the README's table)
+    python -m benchmarks.bench_generate --limit 20 --skip-gpt2   # a quick look at (a) only
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,8 +34,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from llamafactory.ddm import SETTINGS, DiffusionLM, SamplingConfig, SpecialTokens, load_diffusion_lm, sample
 from llamafactory.ddm.cache import DenoiserCalls
 
-REPO = Path(__file__).resolve().parents[1]
-PIPELINE = REPO / "LLaMA-Factory" / "examples" / "tiny" / "pipeline"
+from .tiny_pipeline import REPO, pipeline_module
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,7 @@ class Row:
 
 def held_out_rows(tokenizer, mask_id: int, new_tokens: int, limit: int | None) -> list[Row]:
     """The pipeline's three test sets, each answer followed by masks up to ``new_tokens`` generated tokens."""
-    sys.path.insert(0, str(PIPELINE))
-    import compare
-    import synthetic
+    compare, synthetic = pipeline_module("compare"), pipeline_module("synthetic")
 
     encoder = compare.Encoder(tokenizer)
     with tempfile.TemporaryDirectory() as folder:

@@ -3,7 +3,7 @@
 Prints ``ratio = sampling time / (forward calls x one forward)``, measured side by side in one run,
 with and without nucleus (top-p) filtering. Target: <= 1.10 without top-p.
 
-    python benchmarks/bench_sampler.py [--length 256] [--steps 16] [--repeats 3]
+    python -m benchmarks.bench_sampler [--length 256] [--steps 16] [--repeats 3]
 """
 
 from __future__ import annotations

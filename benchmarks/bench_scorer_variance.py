@@ -1,7 +1,7 @@
 """Variance of the two multiple-choice likelihood estimators, measured side by side over seeds.
 
-    python benchmarks/bench_scorer_variance.py                  # the bundled tiny DiffuGPT, T = 32, 10 seeds
-    python benchmarks/bench_scorer_variance.py --steps 8 --seeds 50
+    python -m benchmarks.bench_scorer_variance                  # the bundled tiny DiffuGPT, T = 32, 10 seeds
+    python -m benchmarks.bench_scorer_variance --steps 8 --seeds 50
 
 Both estimators (docs/design.md#likelihood-scoring) score the same multiple-choice questions, built from the
 synthetic world the bundled model was trained on (capitals, sums, repeated colours), once per seed:
@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "evaluation"))
-sys.path.insert(0, str(ROOT / "LLaMA-Factory" / "examples" / "tiny" / "pipeline"))
+from dlm_eval import DiffusionEngine
+from dlm_eval.text import encode_pair
+from llamafactory.ddm import ESTIMATORS, load_diffusion_lm
 
-from synthetic import CAPITALS, COLORS, NAMES, THINGS  # noqa: E402
+from .tiny_pipeline import REPO, pipeline_module
 
-from dlm_eval import DiffusionEngine  # noqa: E402
-from dlm_eval.text import encode_pair  # noqa: E402
-from llamafactory.ddm import ESTIMATORS, load_diffusion_lm  # noqa: E402
+SYNTHETIC = pipeline_module("synthetic")
+CAPITALS, COLORS, NAMES, THINGS = SYNTHETIC.CAPITALS, SYNTHETIC.COLORS, SYNTHETIC.NAMES, SYNTHETIC.THINGS
 
 
 def questions(count: int, seed: int) -> list[tuple[str, list[str], int]]:
@@ -91,7 +88,7 @@ def measure(engine: DiffusionEngine, made, pairs, args: argparse.Namespace, labe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default=str(ROOT / "assets" / "diffugpt-tiny"))
+    parser.add_argument("--model", default=str(REPO / "assets" / "diffugpt-tiny"))
     parser.add_argument("--questions", type=int, default=36)
     parser.add_argument("--steps", type=int, default=32, help="noise levels T")
     parser.add_argument("--seeds", type=int, default=10)

@@ -1,7 +1,7 @@
 """Multiple-choice scoring speed: the batched likelihood scorer vs a one-example-one-level loop, side by side.
 
-    python benchmarks/bench_scoring.py                       # CPU, a small random GPT-2, 32 HellaSwag-like examples
-    python benchmarks/bench_scoring.py --device cuda --examples 256 --batch_size 256
+    python -m benchmarks.bench_scoring                       # CPU, a small random GPT-2, 32 HellaSwag-like examples
+    python -m benchmarks.bench_scoring --device cuda --examples 256 --batch_size 256
 
 Both paths score the same (context, choice) pairs at the same ``T`` noise levels with the same masks
 (``--scorer``'s estimator);
@@ -12,18 +12,14 @@ The script checks that both give the same scores and prints examples per second 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
-
-from dlm_eval import DiffusionEngine  # noqa: E402
-from llamafactory.ddm import ESTIMATORS, DiffusionLM, SpecialTokens, level_masks  # noqa: E402
+from dlm_eval import DiffusionEngine
+from llamafactory.ddm import ESTIMATORS, DiffusionLM, SpecialTokens, level_masks
 
 
 def build_model(args: argparse.Namespace) -> DiffusionLM:

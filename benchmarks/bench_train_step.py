@@ -8,8 +8,8 @@ One step = loss + backward + optimiser step of a GPT-2-shaped model (random weig
 Steps of the three kinds are interleaved and the median of each is compared, so machine load affects them
 alike. Prints the ratios ddm / pt; the target after annealing is <= 1.05.
 
-    python benchmarks/bench_train_step.py                     # GPT-2 small shape, batch 4 x 256
-    python benchmarks/bench_train_step.py --layers 2 --repeats 3   # quick check
+    python -m benchmarks.bench_train_step                     # GPT-2 small shape, batch 4 x 256
+    python -m benchmarks.bench_train_step --layers 2 --repeats 3   # quick check
 """
 
 from __future__ import annotations

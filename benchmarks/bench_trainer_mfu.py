@@ -1,8 +1,8 @@
 """Throughput and MFU of the DiffuLLaMA trainer's step (the 7B recipe at a ~1.1B LLaMA shape that fits one GPU),
 with an autoregressive step side by side.
 
-    python benchmarks/bench_trainer_mfu.py                 # one GPU: ~1.1B LLaMA shape, seq 2048, bf16, sdpa
-    python benchmarks/bench_trainer_mfu.py --tiny          # CPU smoke run of the same code path
+    python -m benchmarks.bench_trainer_mfu                 # one GPU: ~1.1B LLaMA shape, seq 2048, bf16, sdpa
+    python -m benchmarks.bench_trainer_mfu --tiny          # CPU smoke run of the same code path
 
 Both variants train the same randomly initialised LLaMA-shaped model with AdamW (0.9, 0.95) under bf16
 autocast over fp32 master weights (accelerate's single-device ``mixed_precision="bf16"``):
@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DiffuLLaMA-training"))
-
-from diffullama_training.parallel import DataParallel  # noqa: E402
-from diffullama_training.throughput import ThroughputMeter, detect_peak_tflops, flops_per_token  # noqa: E402
-from llamafactory.ddm import make_bidirectional  # noqa: E402
+from diffullama_training.parallel import DataParallel
+from diffullama_training.throughput import ThroughputMeter, detect_peak_tflops, flops_per_token
+from llamafactory.ddm import make_bidirectional
 
 ONE_B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=20,
              num_attention_heads=16, num_key_value_heads=16)

@@ -1,8 +1,8 @@
 """One CUDA machine check of the GPU paths, printed as one table; nothing is downloaded, every model is built
 from a config with random weights. About 5 minutes on one H100 / H200.
 
-    python benchmarks/gpu_check.py                # everything
-    python benchmarks/gpu_check.py --quick        # fewer timed steps and rows (about 2 minutes)
+    python -m benchmarks.gpu_check                # everything
+    python -m benchmarks.gpu_check --quick        # fewer timed steps and rows (about 2 minutes)
 
 Rows:
 
@@ -30,14 +30,8 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS.parent / "DiffuLLaMA-training"))
-sys.path.insert(0, str(BENCHMARKS.parent / "evaluation"))
-sys.path.insert(0, str(BENCHMARKS))
 
 GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024)
 GPT2_VOCAB = 50257
@@ -80,10 +74,11 @@ def _synchronized(function: Callable[[], object]) -> tuple[object, float]:
 
 def build(kind: str, attention: str, device: torch.device, *, seed: int = 0) -> torch.nn.Module:
     """A bidirectional bf16 model of ``kind`` (gpt2: GPT-2 small shape; llama: the ~1.1B shape), seeded."""
-    from bench_trainer_mfu import ONE_B
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from llamafactory.ddm import make_bidirectional
+
+    from .bench_trainer_mfu import ONE_B
 
     torch.manual_seed(seed)
     with device:
@@ -148,7 +143,7 @@ def check_training_steps(table: Table, device: torch.device, length: int, batch:
 
 
 def check_trainer_mfu(table: Table, steps: int) -> None:
-    import bench_trainer_mfu
+    from . import bench_trainer_mfu
 
     results = bench_trainer_mfu.main(["--steps", str(steps), "--warmup", "3"])
     for variant, row in results.items():
@@ -159,9 +154,9 @@ def check_trainer_mfu(table: Table, steps: int) -> None:
 
 @torch.no_grad()
 def check_generation(table: Table, device: torch.device, rows: int) -> None:
-    from bench_generate import settings
-
     from llamafactory.ddm import DiffusionLM, SpecialTokens, sample
+
+    from .bench_generate import settings
 
     prompt, new_tokens, block = 256, 256, 32
     model = DiffusionLM(build("gpt2", "sdpa", device), SpecialTokens(mask_id=10541, eos_id=50256))
@@ -183,10 +178,10 @@ def check_generation(table: Table, device: torch.device, rows: int) -> None:
 
 
 def check_scoring(table: Table, device: torch.device, examples: int) -> None:
-    from bench_scoring import build_examples
-
     from dlm_eval import DiffusionEngine
     from llamafactory.ddm import DiffusionLM, SpecialTokens
+
+    from .bench_scoring import build_examples
 
     model = DiffusionLM(build("gpt2", "sdpa", device), SpecialTokens(mask_id=GPT2_VOCAB - 1, pad_id=GPT2_VOCAB - 2))
     pairs = [pair for choices in build_examples(examples, 4, GPT2_VOCAB, seed=0) for pair in choices]

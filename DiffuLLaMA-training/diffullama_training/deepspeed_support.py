@@ -17,6 +17,8 @@ from accelerate.state import PartialState
 
 from llamafactory.errors import UserInputError
 
+from .settings import TrainSettings
+
 
 def uses_deepspeed() -> bool:
     """Whether ``accelerate launch`` started this process with a DeepSpeed config."""
@@ -35,8 +37,7 @@ def start_cpu_deepspeed_processes() -> None:
         PartialState(cpu=True)
 
 
-def configure_batch(accelerator: Accelerator, micro_batch: int, accumulation: int, dp_size: int,
-                    max_grad_norm: float) -> None:
+def configure_batch(accelerator: Accelerator, settings: TrainSettings, dp_size: int) -> None:
     """Fill the DeepSpeed config's ``"auto"`` batch and clipping entries; refuse conflicting ones."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
@@ -49,10 +50,10 @@ def configure_batch(accelerator: Accelerator, micro_batch: int, accumulation: in
                 "from its flags: remove the block"
             )
     wanted = {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": accumulation,
-        "train_batch_size": micro_batch * accumulation * dp_size,
-        "gradient_clipping": max_grad_norm,
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulate_every,
+        "train_batch_size": settings.global_batch_size(dp_size),
+        "gradient_clipping": settings.max_grad_norm,
     }
     for key, value in wanted.items():
         current = config.get(key, "auto")

@@ -1,4 +1,4 @@
-"""Parallel modes of the trainer: plain data parallelism and two sequence-parallel engines.
+"""Parallel plans of the trainer (how one micro-batch's loss is computed across ranks), one per mode.
 
 * ``data_parallel``: every rank trains on its own blocks (DDP or DeepSpeed ZeRO through accelerate).
 * ``ulysses_attn``: DeepSpeed-Ulysses (ALST) via accelerate's ``ParallelismConfig(sp_backend="deepspeed")``;
@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from llamafactory.ddm import align_to_outputs, corrupt, diffusion_loss, sample_noise_level, training_loss
+from llamafactory.ddm import (
+    DiffusionLoss,
+    align_to_outputs,
+    annealed_steps,
+    corrupt,
+    diffusion_loss,
+    sample_noise_level,
+    training_loss,
+)
 from llamafactory.errors import UserInputError
 
 MODES = ("data_parallel", "ulysses_attn", "ring_attn")
@@ -91,8 +99,9 @@ def check_mode(
             f"{mode} cuts each block of --seq-length + 1 = {block_size} tokens into equal shards: it must be a "
             f"multiple of {unit} (e.g. --seq-length {block_size // unit * unit - 1})"
         )
-    if anneal_steps > 0:
-        raise UserInputError(f"--anneal-steps needs a full attention mask, which {mode} cannot take; use data_parallel")
+    if annealed_steps(anneal_steps):
+        raise UserInputError(f"--anneal-steps {anneal_steps} needs a full attention mask, which {mode} cannot take; "
+                             "use data_parallel (or --anneal-steps 0: no annealing)")
     if mode == "ulysses_attn":
         if not uses_deepspeed:
             raise UserInputError(
@@ -135,6 +144,11 @@ class StepLoss:
     loss: torch.Tensor
     unweighted_loss: torch.Tensor
 
+    @classmethod
+    def of(cls, result: DiffusionLoss, share: torch.Tensor | float = 1.0) -> StepLoss:
+        """The logged pair of ``result``, scaled by this rank's ``share`` of the micro-batch's masked tokens."""
+        return cls((result.loss.detach() * share).reshape(()), (result.unweighted_loss.detach() * share).reshape(()))
+
 
 Backward = Callable[[torch.Tensor], None]
 
@@ -149,7 +163,7 @@ class DataParallel:
         """Loss of one ``[batch, block]`` micro-batch, noise drawn from ``generator``; calls ``backward`` on it."""
         result = training_loss(model, block, mask_id, anneal=anneal, generator=generator)
         backward(result.loss)
-        return StepLoss(result.loss.detach(), result.unweighted_loss)
+        return StepLoss.of(result)
 
 
 class SequenceParallel:
@@ -174,7 +188,7 @@ class SequenceParallel:
         self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
         anneal: float, backward: Backward,
     ) -> StepLoss:
-        """As ``DataParallel.step``; ``anneal`` is always 1 here (check_mode refuses annealing)."""
+        """As ``DataParallel.step``; ``anneal`` is always 1 here (``check_mode`` refuses annealing)."""
         t = sample_noise_level(block.shape[0], device=block.device, generator=generator)
         noisy, masked = corrupt(block, t, mask_id, generator=generator)
         targets, scored = align_to_outputs(block, True, 0), align_to_outputs(masked, True, False)
@@ -186,11 +200,10 @@ class SequenceParallel:
             dist.all_reduce(total_masked, group=self.group)
             share = local.num_masked.float() / total_masked.clamp(min=1).float()
             backward(local.loss * share * self.layout.sp_size)
-        loss = (local.loss.detach() * share).reshape(1)
-        unweighted = (local.unweighted_loss * share).reshape(1)
-        dist.all_reduce(loss, group=self.group)
-        dist.all_reduce(unweighted, group=self.group)
-        return StepLoss(loss[0], unweighted[0])
+        shard = StepLoss.of(local, share)
+        for value in (shard.loss, shard.unweighted_loss):
+            dist.all_reduce(value, group=self.group)
+        return shard
 
     @contextlib.contextmanager
     def _shards(self, tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
@@ -218,5 +231,9 @@ def _consecutive_group(world_size: int, sp_size: int) -> dist.ProcessGroup:
     return mine
 
 
-def make_strategy(layout: Layout) -> DataParallel | SequenceParallel:
+ParallelPlan = DataParallel | SequenceParallel
+
+
+def make_plan(layout: Layout) -> ParallelPlan:
+    """The plan of the layout's mode: data parallelism, or a sequence-parallel engine."""
     return DataParallel() if layout.mode == "data_parallel" else SequenceParallel(layout)

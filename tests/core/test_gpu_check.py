@@ -11,12 +11,12 @@ import torch
 
 from tests.commands import bare_environment
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
-                          env=bare_environment(tmp_path))
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=bare_environment(tmp_path))
 
 
 def test_help_lists_the_checks(tmp_path):

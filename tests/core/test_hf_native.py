@@ -4,7 +4,6 @@ to ``llamafactory-cli export`` is one error line and touches nothing."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -266,6 +265,7 @@ def test_self_contained_export_loads_and_generates_without_the_package(exported,
 def test_the_entry_points_read_an_export(exported, capsys):
     """inf_diffullama.py, the 7B trainer's --model and the lm-eval model load an exported folder."""
     from diffullama_training.run import load_model
+    from diffullama_training.settings import TrainSettings
     from dlm_eval.harness import DiffLLM
     from llamafactory.quickstart import DIFFULLAMA, main
 
@@ -274,8 +274,8 @@ def test_the_entry_points_read_an_export(exported, capsys):
     assert main(DIFFULLAMA, ["--model_name", str(export_dir), "--diffusion_steps", "4", "--prompt", "the cat",
                              "--num_samples", "1", "--device", "cpu"]) == 0
     assert "Prefix generation" in capsys.readouterr().out
-    args = argparse.Namespace(mask_token=None, attn_implementation="sdpa", gradient_checkpointing=False)
-    model, tokenizer, tokens = load_model(args, export_dir, torch.float32)
+    settings = TrainSettings(output_dir=Path("unused"), dataset=Path("unused"), gradient_checkpointing=False)
+    model, tokenizer, tokens = load_model(settings, export_dir, torch.float32)
     assert tokens.mask_id == source.mask_id and tokenizer is not None
     harness = DiffLLM(str(export_dir), device="cpu", dtype="float32")
     assert harness.engine.model.tokens == source.tokens

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from llamafactory.ddm import (
     anneal_ratio,
     annealed_attention_mask,
+    annealed_steps,
     corrupt,
     diffusion_loss,
     sample_noise_level,
@@ -138,8 +139,16 @@ def test_anneal_ratio_schedule():
     assert anneal_ratio(9, 10) == 1.0
     assert anneal_ratio(500, 10) == 1.0
     assert anneal_ratio(0, 1) == 1.0
-    with pytest.raises(UserInputError, match="anneal_steps"):
-        anneal_ratio(0, 0)
+    assert anneal_ratio(0, 0) == 1.0
+    with pytest.raises(UserInputError, match="anneal_steps must be >= 0"):
+        anneal_ratio(0, -1)
+
+
+@pytest.mark.parametrize(("anneal_steps", "partial"), [(0, 0), (1, 0), (2, 1), (10, 9), (10000, 9999)])
+def test_annealed_steps_is_the_count_of_steps_whose_ratio_is_below_one(anneal_steps, partial):
+    """0 and 1 both mean "off"; N >= 2 anneals exactly the steps 0 .. N-2 (docs/design.md#attention-mask-annealing)."""
+    assert annealed_steps(anneal_steps) == partial
+    assert [step for step in range(anneal_steps + 2) if anneal_ratio(step, anneal_steps) < 1] == list(range(partial))
 
 
 def test_annealed_mask_ratio_zero_is_exactly_causal():

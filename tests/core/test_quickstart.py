@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import attention_patch
 from llamafactory.quickstart import DIFFUGPT, DIFFULLAMA, build_parser, main
 from model import DiscreteDiffusionModel, generate_samples
-from tests.tiny import tiny_tokenizer, write_diffugpt_m, write_diffugpt_s, write_diffullama
+from tests.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer, write_diffugpt_m, write_diffugpt_s, write_diffullama
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,22 @@ def test_attention_patch_changes_nothing_global():
     attention_patch.replace_attention_mask()
     after = (dict(vars(modeling_gpt2)), dict(vars(modeling_llama)), dict(vars(transformers.masking_utils)))
     assert all(b.keys() == a.keys() and all(b[k] is a[k] for k in b) for b, a in zip(before, after))
+
+
+def test_attention_patch_makes_the_models_it_is_given_attend_both_ways():
+    """replace_attention_mask(model): a later token changes an earlier position's logits; other models stay causal."""
+    torch.manual_seed(0)
+    patched, untouched = tiny_llama(40).eval(), tiny_gpt2(40).eval()
+    gpt2 = tiny_gpt2(40).eval()
+    attention_patch.replace_attention_mask(patched, gpt2)
+    ids = torch.randint(5, 40, (1, 8))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 40
+    with torch.no_grad():
+        for model, sees_the_future in ((patched, True), (gpt2, True), (untouched, False)):
+            first = model(input_ids=ids).logits[0, 0], model(input_ids=changed).logits[0, 0]
+            assert (not torch.allclose(*first)) is sees_the_future, type(model).__name__
+    assert patched.config.is_causal is False and getattr(untouched.config, "is_causal", True) is not False
 
 
 @pytest.mark.parametrize("text,value", [("False", False), ("false", False), ("0", False), ("true", True)])

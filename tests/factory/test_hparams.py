@@ -9,7 +9,7 @@ import pytest
 
 from llamafactory.errors import UserInputError
 from llamafactory.hparams import get_train_args
-from llamafactory.train.preflight import check_run_inputs
+from llamafactory.train.preflight import check_annealing, check_run_inputs
 
 from .conftest import EXAMPLES
 
@@ -155,7 +155,7 @@ def test_conflicting_old_and_new_key():
     ("overrides", "message"),
     [
         ({"stage": "rm"}, "unknown stage 'rm'"),
-        ({"anneal_steps": 0}, "anneal_steps must be >= 1"),
+        ({"anneal_steps": -1}, "anneal_steps must be >= 0 \\(0 or 1: no annealing\\), got -1"),
         ({"cutoff_len": 3}, "cutoff_len must be >= 4"),
         ({"diffusion_steps": 0}, "diffusion_steps must be >= 1"),
         ({"logits_temp": -1.0}, "logits_temp must be >= 0"),
@@ -198,13 +198,44 @@ def test_dataset_and_template_problems_fail_in_the_preflight(overrides, message)
         check_run_inputs(model_args, data_args, training_args, finetuning_args)
 
 
-def test_flash_attention_is_refused_while_annealing(monkeypatch):
+@pytest.fixture
+def flash_installed(monkeypatch):
+    """flash_attention_2 passes the parser's availability check (the preflight's checks are what is tested)."""
     import transformers.utils
 
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
-    with pytest.raises(UserInputError, match="annealed attention mask"):
-        get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 100})
-    get_train_args({**BASE, "flash_attn": "flash_attention_2", "anneal_steps": 1})
+
+
+@pytest.mark.parametrize("stage", ["ddm", "ddm-sft"])
+def test_the_preflight_refuses_flash_attention_while_annealing(flash_installed, stage):
+    """Both diffusion stages anneal when anneal_steps > 1; the 4D mask would only fail at the first step."""
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(
+        {**BASE, "stage": stage, "flash_attn": "flash_attention_2", "anneal_steps": 100})
+    with pytest.raises(UserInputError) as refused:
+        check_run_inputs(model_args, data_args, training_args, finetuning_args)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1
+    assert f"anneal_steps 100 trains 99 steps of stage {stage}" in message and "use flash_attn: sdpa" in message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"anneal_steps": 1},  # the stages' spelling of "no annealing"
+        {"anneal_steps": 0},  # the 7B trainer's spelling, accepted here with the same meaning
+        {"anneal_steps": 100, "do_train": False, "do_eval": True, "val_size": 2},  # no training step
+        {"anneal_steps": 100, "stage": "pt"},  # the AR stages never anneal
+    ],
+)
+def test_flash_attention_is_accepted_when_nothing_anneals(flash_installed, overrides):
+    model_args, _, training_args, finetuning_args, _ = get_train_args(
+        {**BASE, "flash_attn": "flash_attention_2", **overrides})
+    check_annealing(model_args, training_args, finetuning_args)
+
+
+def test_annealing_under_sdpa_passes_the_preflight_check():
+    model_args, _, training_args, finetuning_args, _ = get_train_args({**BASE, "anneal_steps": 100})
+    check_annealing(model_args, training_args, finetuning_args)
 
 
 def test_reporting_packages_are_checked(monkeypatch):

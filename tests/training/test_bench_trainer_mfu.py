@@ -3,12 +3,9 @@ model-FLOP count of the shape over the peak."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_trainer_mfu.py"
+from benchmarks import bench_trainer_mfu as bench
 
 
 def _tiny_shape_flops_per_token(block: int) -> int:
@@ -20,9 +17,6 @@ def _tiny_shape_flops_per_token(block: int) -> int:
 
 
 def test_tiny_benchmark_reports_throughput_and_mfu_from_the_shape(capsys):
-    spec = importlib.util.spec_from_file_location("bench_trainer_mfu", BENCHMARK)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     results = bench.main(["--tiny", "--steps", "1", "--warmup", "0", "--peak-tflops", "1.0", "--seq-length", "63"])
     assert set(results) == {"ddm", "ar"}
     for row in results.values():

@@ -23,6 +23,7 @@ def test_valid_setups_pass():
     check_mode("ulysses_attn", **GOOD)
     check_mode("ring_attn", **GOOD)
     check_mode("data_parallel", **{**GOOD, "sp_size": 1, "uses_deepspeed": False, "anneal_steps": 100})
+    check_mode("ulysses_attn", **{**GOOD, "anneal_steps": 1})  # 1 means no annealing, as 0 does
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_valid_setups_pass():
         ("ulysses_attn", {"sp_size": 3}, "needs --sp-size of at least 2 dividing the 4 processes \\(got 3"),
         ("ulysses_attn", {"block_size": 2049}, r"multiple of 2 \(e.g. --seq-length 2047\)"),
         ("ring_attn", {"block_size": 2050}, r"multiple of 4 \(e.g. --seq-length 2047\)"),
-        ("ulysses_attn", {"anneal_steps": 10}, "--anneal-steps needs a full attention mask"),
+        ("ulysses_attn", {"anneal_steps": 10}, "--anneal-steps 10 needs a full attention mask"),
         ("ulysses_attn", {"uses_deepspeed": False}, "launch with a DeepSpeed config"),
         ("ulysses_attn", {"attn_implementation": "eager"}, "not eager"),
         ("ulysses_attn", {"num_heads": 5, "sp_size": 4}, "do not divide among --sp-size 4"),

@@ -151,7 +151,6 @@ def failing(self, output_dir=None, **kwargs):
 
 accelerate.Accelerator.save_state = failing
 sys.argv = sys.argv[1:]  # [train.py, flags...]
-sys.path.insert(0, os.getcwd())  # the trainer's folder, as when train.py runs
 from diffullama_training.run import main
 sys.exit(main())
 """

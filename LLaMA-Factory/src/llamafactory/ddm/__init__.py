@@ -36,6 +36,7 @@ from .noise import (
     DiffusionLoss,
     anneal_ratio,
     annealed_attention_mask,
+    annealed_steps,
     corrupt,
     diffusion_loss,
     maskable_positions,
@@ -60,7 +61,7 @@ from .tokens import (
 
 __all__ = [
     "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio",
-    "annealed_attention_mask", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
+    "annealed_attention_mask", "annealed_steps", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
     "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
     "generate", "GenerateOutput", "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
     "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",

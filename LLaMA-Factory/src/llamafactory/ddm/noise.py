@@ -207,10 +207,23 @@ def block_diffusion_loss(
     return _elbo_loss(logits, token_ce, rows, t, masked.sum())
 
 
+def annealed_steps(anneal_steps: int) -> int:
+    """How many optimiser steps train with a partly causal attention mask (0: no annealing at all).
+
+    The one reading of the ``anneal_steps`` setting (docs/design.md#attention-mask-annealing): ``0`` (the
+    7B trainer's "off") and ``1`` (the stages' "off": the ratio is 1 from step 0) both give 0, ``N >= 2``
+    gives ``N - 1`` (steps ``0 .. N-2`` open ``(s + 1) / N < 1`` of the future keys). Every check that
+    depends on whether a run anneals asks this function.
+    """
+    if anneal_steps < 0:
+        raise UserInputError(f"anneal_steps must be >= 0 (0 or 1: no annealing), got {anneal_steps}")
+    return max(0, anneal_steps - 1)
+
+
 def anneal_ratio(step: int, anneal_steps: int) -> float:
-    """Fraction of future keys opened at optimiser step ``step``: ``min(1, (step + 1) / anneal_steps)``."""
-    if anneal_steps < 1:
-        raise UserInputError(f"anneal_steps must be >= 1, got {anneal_steps}")
+    """Fraction of future keys opened at optimiser step ``step``: ``min(1, (step + 1) / anneal_steps)``, 1 when off."""
+    if annealed_steps(anneal_steps) == 0:
+        return 1.0
     return min(1.0, (step + 1) / anneal_steps)
 
 

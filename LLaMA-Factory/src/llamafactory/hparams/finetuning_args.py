@@ -46,7 +46,7 @@ class FinetuningArguments:
     )
     anneal_steps: int | None = field(
         default=None,
-        metadata={"help": "Optimiser steps over which attention opens up (default: 10000 ddm, 1 ddm-sft)."},
+        metadata={"help": "Optimiser steps over which attention opens up; 0 or 1: none (default: 10000 ddm, 1 ddm-sft)."},
     )
     diffusion_steps: int = field(
         default=64, metadata={"help": "Noise levels for the evaluation ELBO and reverse steps for prediction."}

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from ..command_line import bool_word
+from ..ddm.noise import annealed_steps
 from ..errors import UserInputError
 from .data_args import DataArguments
 from .finetuning_args import DEFAULT_ANNEAL_STEPS, FINETUNING_TYPES, STAGES, FinetuningArguments
@@ -268,9 +269,9 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, training
              "nothing to do: set do_train, do_eval or do_predict")
     _require(not (stage == "pt" and training_args.do_predict), "do_predict is not available for stage pt")
     _require_at_least("cutoff_len", data_args.cutoff_len, 4)
-    _require_at_least("anneal_steps", finetuning_args.anneal_steps, 1)
+    annealed_steps(finetuning_args.anneal_steps)  # refuses a negative count
     generating_args.sampling_config(finetuning_args.diffusion_steps, finetuning_args.shift).validate()
-    _validate_attention(model_args, training_args, finetuning_args)
+    _validate_attention(model_args)
     _validate_finetuning(model_args, finetuning_args)
     _validate_data(data_args, training_args)
     _validate_reporting(training_args)
@@ -285,16 +286,12 @@ def _validate_reporting(training_args: TrainingArguments) -> None:
                      f"report_to: {target} needs the {packages[0]} package (pip install {packages[0]})")
 
 
-def _validate_attention(model_args: ModelArguments, training_args: TrainingArguments,
-                        finetuning_args: FinetuningArguments) -> None:
+def _validate_attention(model_args: ModelArguments) -> None:
     if model_args.flash_attn != "flash_attention_2":
         return
     from transformers.utils import is_flash_attn_2_available
 
     _require(is_flash_attn_2_available(), "flash_attention_2 needs the flash-attn package and a CUDA GPU")
-    annealing = finetuning_args.stage == "ddm" and finetuning_args.anneal_steps > 1 and training_args.do_train
-    _require(not annealing,
-             "flash_attention_2 cannot take the annealed attention mask; use sdpa while anneal_steps > 1")
 
 
 def _validate_finetuning(model_args: ModelArguments, finetuning_args: FinetuningArguments) -> None:

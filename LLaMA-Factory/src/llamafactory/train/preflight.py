@@ -3,6 +3,8 @@
 ``get_train_args`` judges the config alone; these look at the disk (and may resolve Hub ids): the output
 folder (not empty without overwrite, writable), dataset files, the model (readable weights, a window that
 holds ``cutoff_len``), ``checkpoint_dir``, adapters and ``resume_from_checkpoint`` (a complete checkpoint).
+They also refuse combinations of settings that would only fail once training runs (annealing with an
+attention kernel that takes no 4D mask).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data import get_template, has_tokenized_data
 from ..data.registry import check_datasets
-from ..ddm import check_window, detect_layout
+from ..ddm import annealed_steps, check_window, detect_layout
 from ..ddm.checkpoints.loading import checked_weight_files
 from ..errors import UserInputError
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
@@ -37,8 +39,23 @@ def check_output_dir(training_args: TrainingArguments, resuming: bool) -> None:
         )
 
 
+def check_annealing(model_args: ModelArguments, training_args: TrainingArguments,
+                    finetuning_args: FinetuningArguments) -> None:
+    """A diffusion stage that anneals passes a 4D attention mask, which flash_attention_2 cannot take."""
+    steps = annealed_steps(finetuning_args.anneal_steps)
+    if not (finetuning_args.is_diffusion and training_args.do_train and steps):
+        return
+    if model_args.attn_implementation == "flash_attention_2":
+        raise UserInputError(
+            f"anneal_steps {finetuning_args.anneal_steps} trains {steps} steps of stage {finetuning_args.stage} "
+            "with a partly causal 4D attention mask, which flash_attention_2 cannot take: use flash_attn: sdpa "
+            "(or eager), or anneal_steps: 1 (no annealing)"
+        )
+
+
 def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
                      finetuning_args: FinetuningArguments) -> None:
+    check_annealing(model_args, training_args, finetuning_args)
     resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args, resuming=resume is not None)
     check_writable_folder(training_args.output_dir, "output_dir")
