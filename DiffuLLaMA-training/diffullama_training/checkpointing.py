@@ -30,11 +30,11 @@ STATE_FILE = "trainer_state.json"
 RUN_RECORD_FORMAT = "diffullama-training"
 LOG_FILE = "train_log.jsonl"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-# The run settings a resumed run must share with its checkpoint: together they fix the global batch
-# and which samples the data stream yields at each step.
+# The run settings a resumed run must share with its checkpoint: together they fix the global batch,
+# which samples the data stream yields at each step and the objective (block size; absent = None).
 RESUME_INVARIANTS = (
     "micro_batch_size", "gradient_accumulation", "data_parallel_size", "sequence_parallel_size",
-    "seq_length", "data_config", "seed", "mask_id",
+    "seq_length", "data_config", "seed", "mask_id", "block_size",
 )
 
 

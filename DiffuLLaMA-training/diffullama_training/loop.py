@@ -43,10 +43,10 @@ _SHOWN = ("loss", "val_loss", "lr", "tokens_per_s", "mfu")
 
 
 def train_batches(stream: Any, start_sample: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """``[batch, block]`` int64 batches from the rank's stream, starting at ``start_sample``."""
-    blocks = stream.iterate(start_sample)
+    """``[batch, sample_tokens]`` int64 batches from the rank's stream, starting at ``start_sample``."""
+    samples = stream.iterate(start_sample)
     while True:
-        batch = torch.from_numpy(np.stack([next(blocks) for _ in range(batch_size)]))
+        batch = torch.from_numpy(np.stack([next(samples) for _ in range(batch_size)]))
         yield batch.to(device, non_blocking=True)
 
 
@@ -160,10 +160,11 @@ class Trainer:
         return grad_norm
 
     def evaluate(self) -> float:
-        """Validation NLL per token (nats): the core's deterministic ELBO estimate, summed over ranks."""
+        """Validation NLL per token (nats): the core's deterministic ELBO estimate (the block bound under a block
+        size), summed over ranks."""
         accelerator, settings = self.accelerator, self.settings
         self.model.eval()
-        denoiser = DiffusionLM(accelerator.unwrap_model(self.model), self.tokens)
+        denoiser = DiffusionLM(accelerator.unwrap_model(self.model), self.tokens, block_size=settings.block_size)
         with torch.no_grad(), accelerator.autocast():
             results = sequence_nll(denoiser, self.val_blocks, steps=settings.eval_diffusion_steps, seed=settings.seed,
                                    batch_size=settings.eval_batch_size)
@@ -173,8 +174,9 @@ class Trainer:
     def save_final_model(self, tokenizer: Any | None) -> Path:
         """Write the model into ``<output-dir>`` (where the original wrote it) in the released LLaMA layout.
 
-        The config records the sampling length and the mask id (so the model also loads without tokenizer
-        files). It is staged whole first and then moved in file by file, ``config.json`` last.
+        The config records the sampling length, the mask id (so the model also loads without tokenizer
+        files) and the block size of a block-diffusion run (so every loader builds a block model). It is
+        staged whole first and then moved in file by file, ``config.json`` last.
         """
         output_dir = self.settings.output_dir
         staging = output_dir / ".final-model.partial"
@@ -185,7 +187,8 @@ class Trainer:
             if self.accelerator.is_main_process:
                 record_mask_id(unwrapped.config, self.tokens.mask_id)
                 save_diffusion_checkpoint(unwrapped, staging, tokenizer=tokenizer,
-                                          generation_length=self.settings.seq_length)
+                                          generation_length=self.settings.seq_length,
+                                          block_size=self.settings.block_size)
                 publish_model(staging, output_dir)
         self.accelerator.wait_for_everyone()
         return output_dir

@@ -1,13 +1,13 @@
 """Parallel plans of the trainer (how one micro-batch's loss is computed across ranks), one per mode.
 
-* ``data_parallel``: every rank trains on its own blocks (DDP or DeepSpeed ZeRO through accelerate).
+* ``data_parallel``: every rank trains on its own samples (DDP or DeepSpeed ZeRO through accelerate).
 * ``ulysses_attn``: DeepSpeed-Ulysses (ALST) via accelerate's ``ParallelismConfig(sp_backend="deepspeed")``;
   the sequence is cut into contiguous shards and attention heads are exchanged all-to-all.
 * ``ring_attn`` (alias ``dist_flash_attn``, the original name): PyTorch context parallelism
   (``torch.distributed.tensor.experimental.context_parallel``), ring attention over SDPA; CUDA only.
 
 Ranks are grouped consecutively: ranks ``[k * sp, (k + 1) * sp)`` share one sequence (same data, same
-noise) and each holds one shard. Noise is drawn on the whole block before sharding, exactly as the
+noise) and each holds one shard. Noise is drawn on the whole sample before sharding, exactly as the
 data-parallel path draws it, so every mode optimises the same objective on the same samples.
 """
 
@@ -70,7 +70,7 @@ def check_mode(
     *,
     world_size: int,
     sp_size: int,
-    block_size: int,
+    sample_tokens: int,
     attn_implementation: str,
     anneal_steps: int,
     uses_deepspeed: bool,
@@ -93,11 +93,11 @@ def check_mode(
             f"{mode} needs --sp-size of at least 2 dividing the {world_size} processes (got {sp_size}; "
             "the default is all processes)"
         )
-    if block_size % sp_size or (mode == "ring_attn" and block_size % (2 * sp_size)):
+    if sample_tokens % sp_size or (mode == "ring_attn" and sample_tokens % (2 * sp_size)):
         unit = sp_size if mode == "ulysses_attn" else 2 * sp_size
         raise UserInputError(
-            f"{mode} cuts each block of --seq-length + 1 = {block_size} tokens into equal shards: it must be a "
-            f"multiple of {unit} (e.g. --seq-length {block_size // unit * unit - 1})"
+            f"{mode} cuts each sample of --seq-length + 1 = {sample_tokens} tokens into equal shards: it must be a "
+            f"multiple of {unit} (e.g. --seq-length {sample_tokens // unit * unit - 1})"
         )
     if annealed_steps(anneal_steps):
         raise UserInputError(f"--anneal-steps {anneal_steps} needs a full attention mask, which {mode} cannot take; "
@@ -119,7 +119,7 @@ def check_mode(
         raise UserInputError("ring_attn patches PyTorch SDPA: use --attn-implementation sdpa")
 
 
-def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, block_size: int, attn_implementation: str) -> dict:
+def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, sample_tokens: int, attn_implementation: str) -> dict:
     """Extra ``Accelerator(...)`` arguments for the mode: the Ulysses parallelism config.
 
     ``dp_replicate_size`` tells accelerate how many replicas share the global batch; without it the
@@ -131,7 +131,7 @@ def accelerator_kwargs(mode: str, sp_size: int, dp_size: int, block_size: int, a
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
     handler = DeepSpeedSequenceParallelConfig(
-        sp_seq_length=block_size, sp_seq_length_is_variable=False, sp_attn_implementation=attn_implementation
+        sp_seq_length=sample_tokens, sp_seq_length_is_variable=False, sp_attn_implementation=attn_implementation
     )
     config = ParallelismConfig(dp_replicate_size=dp_size, sp_size=sp_size, sp_backend="deepspeed", sp_handler=handler)
     return {"parallelism_config": config}
@@ -153,21 +153,25 @@ class StepLoss:
 Backward = Callable[[torch.Tensor], None]
 
 
+@dataclass(frozen=True)
 class DataParallel:
-    """Each rank: the core ``training_loss`` on its own blocks (annealed mask while ratio < 1)."""
+    """Each rank: the core ``training_loss`` on its own samples (annealed mask while ratio < 1), with the
+    block-diffusion loss under ``block_size`` (None: full-sequence diffusion)."""
+
+    block_size: int | None = None
 
     def step(
-        self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
+        self, model: torch.nn.Module, samples: torch.Tensor, mask_id: int, generator: torch.Generator,
         anneal: float, backward: Backward,
     ) -> StepLoss:
-        """Loss of one ``[batch, block]`` micro-batch, noise drawn from ``generator``; calls ``backward`` on it."""
-        result = training_loss(model, block, mask_id, anneal=anneal, generator=generator)
+        """Loss of one ``[batch, sample_tokens]`` micro-batch, noise drawn from ``generator``; calls ``backward`` on it."""
+        result = training_loss(model, samples, mask_id, anneal=anneal, generator=generator, block_size=self.block_size)
         backward(result.loss)
         return StepLoss.of(result)
 
 
 class SequenceParallel:
-    """Noise on the whole block, loss on this rank's shard, normalised over the SP group.
+    """Noise on the whole sample, loss on this rank's shard, normalised over the SP group.
 
     Output ``i`` predicts token ``i + 1`` (shift), so targets are aligned to outputs before sharding;
     the last output has no target. Each rank back-propagates ``sp * (its weighted CE sum) / (masked
@@ -185,14 +189,14 @@ class SequenceParallel:
             self._mesh = init_device_mesh("cuda", (layout.dp_size, layout.sp_size), mesh_dim_names=("dp", "cp"))["cp"]
 
     def step(
-        self, model: torch.nn.Module, block: torch.Tensor, mask_id: int, generator: torch.Generator,
+        self, model: torch.nn.Module, samples: torch.Tensor, mask_id: int, generator: torch.Generator,
         anneal: float, backward: Backward,
     ) -> StepLoss:
         """As ``DataParallel.step``; ``anneal`` is always 1 here (``check_mode`` refuses annealing)."""
-        t = sample_noise_level(block.shape[0], device=block.device, generator=generator)
-        noisy, masked = corrupt(block, t, mask_id, generator=generator)
-        targets, scored = align_to_outputs(block, True, 0), align_to_outputs(masked, True, False)
-        positions = torch.arange(block.shape[1], device=block.device).expand_as(block).contiguous()
+        t = sample_noise_level(samples.shape[0], device=samples.device, generator=generator)
+        noisy, masked = corrupt(samples, t, mask_id, generator=generator)
+        targets, scored = align_to_outputs(samples, True, 0), align_to_outputs(masked, True, False)
+        positions = torch.arange(samples.shape[1], device=samples.device).expand_as(samples).contiguous()
         with self._shards([noisy, targets, scored, positions]) as (noisy, targets, scored, positions):
             logits = model(input_ids=noisy, position_ids=positions, use_cache=False).logits
             local = diffusion_loss(logits, targets, scored, t, shift=False)
@@ -234,6 +238,9 @@ def _consecutive_group(world_size: int, sp_size: int) -> dist.ProcessGroup:
 ParallelPlan = DataParallel | SequenceParallel
 
 
-def make_plan(layout: Layout) -> ParallelPlan:
-    """The plan of the layout's mode: data parallelism, or a sequence-parallel engine."""
-    return DataParallel() if layout.mode == "data_parallel" else SequenceParallel(layout)
+def make_plan(layout: Layout, block_size: int | None = None) -> ParallelPlan:
+    """The plan of the layout's mode: data parallelism (block diffusion under ``block_size``), or a
+    sequence-parallel engine (full-sequence only: ``TrainSettings`` refuses a block size there)."""
+    if layout.mode == "data_parallel":
+        return DataParallel(block_size)
+    return SequenceParallel(layout)

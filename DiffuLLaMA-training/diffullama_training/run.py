@@ -37,6 +37,7 @@ from llamafactory.ddm import (
     recorded_mask_id,
     resolve_special_tokens,
 )
+from llamafactory.ddm.attention import check_block_kernel
 from llamafactory.errors import UserInputError
 from llamafactory.utils.distributed import Launch, close_process_group
 from llamafactory.utils.hub import resolve_checkpoint_dir
@@ -84,14 +85,14 @@ def resolve_mask_id(requested: int | None, tokenizer: Any | None, config: Pretra
 
 
 def validation_blocks(settings: TrainSettings, layout: Layout, vocab_size: int) -> list[list[int]]:
-    """This rank's share of the first ``--val-blocks`` validation blocks (equal counts on every rank)."""
-    block_size = settings.block_size
-    source = PackedSource(packed_files(settings.val_dataset), block_size, seed=settings.seed, shuffle=False,
+    """This rank's share of the first ``--val-blocks`` validation samples (equal counts on every rank)."""
+    sample_tokens = settings.sample_tokens
+    source = PackedSource(packed_files(settings.val_dataset), sample_tokens, seed=settings.seed, shuffle=False,
                           name=f"--val-dataset {settings.val_dataset}", vocab_size=vocab_size)
     count = min(settings.val_blocks, len(source)) // layout.dp_size * layout.dp_size
     if count == 0:
         raise UserInputError(
-            f"--val-dataset holds {len(source)} blocks of {block_size} tokens, fewer than the {layout.dp_size} "
+            f"--val-dataset holds {len(source)} samples of {sample_tokens} tokens, fewer than the {layout.dp_size} "
             "data-parallel ranks"
         )
     return [source.block(i).tolist() for i in range(layout.dp_rank, count, layout.dp_size)]
@@ -133,15 +134,17 @@ def load_model(settings: TrainSettings, model_dir: Path, dtype: torch.dtype) -> 
 def train(settings: TrainSettings) -> Path:
     """Check the set-up, build the accelerator, data, model and optimizer, train; returns the final model."""
     output_dir = settings.output_dir
-    block_size = settings.block_size
+    sample_tokens = settings.sample_tokens
     world_size = Launch.from_env().world_size
     deepspeed = uses_deepspeed()
     sp_size = settings.sp_size or (1 if settings.parallel_mode == "data_parallel" else world_size)
     model_dir = resolve_checkpoint_dir(settings.model)
     config = AutoConfig.from_pretrained(model_dir)
-    check_window(config, block_size, f"--seq-length {settings.seq_length} (blocks of seq_length + 1 tokens)")
+    check_window(config, sample_tokens, f"--seq-length {settings.seq_length} (samples of seq_length + 1 tokens)")
+    if settings.block_size is not None:
+        check_block_kernel(settings.attn_implementation, config.model_type)
     check_mode(
-        settings.parallel_mode, world_size=world_size, sp_size=sp_size, block_size=block_size,
+        settings.parallel_mode, world_size=world_size, sp_size=sp_size, sample_tokens=sample_tokens,
         attn_implementation=settings.attn_implementation, anneal_steps=settings.anneal_steps, uses_deepspeed=deepspeed,
         cuda=torch.cuda.is_available(), num_heads=config.num_attention_heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
@@ -156,7 +159,8 @@ def train(settings: TrainSettings) -> Path:
         mixed_precision=settings.mixed_precision,
         log_with="wandb" if settings.wandb else None,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=6))],
-        **accelerator_kwargs(settings.parallel_mode, sp_size, world_size // sp_size, block_size, settings.attn_implementation),
+        **accelerator_kwargs(settings.parallel_mode, sp_size, world_size // sp_size, sample_tokens,
+                               settings.attn_implementation),
     )
     layout = Layout(settings.parallel_mode, accelerator.process_index, accelerator.num_processes, sp_size)
     set_seed(settings.seed)
@@ -164,13 +168,14 @@ def train(settings: TrainSettings) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         if settings.overwrite and previous_run_files(output_dir):
             clear_previous_run(output_dir)
-    stream = mixed_stream(settings.dataset, settings.data_entries, block_size, seed=settings.seed, rank=layout.dp_rank,
+    stream = mixed_stream(settings.dataset, settings.data_entries, sample_tokens, seed=settings.seed, rank=layout.dp_rank,
                           world_size=layout.dp_size, buffer_files=settings.buffer_files, vocab_size=config.vocab_size)
     val_blocks = validation_blocks(settings, layout, config.vocab_size) if settings.val_dataset else []
 
     dtype = torch.bfloat16 if deepspeed and settings.mixed_precision == "bf16" else torch.float32
     model, tokenizer, tokens = load_model(settings, model_dir, dtype)
-    meter = ThroughputMeter(flops_per_token(model, block_size),
+    columns = settings.forward_columns  # a sample's columns; the meter counts sample tokens
+    meter = ThroughputMeter(flops_per_token(model, columns) * columns / sample_tokens,
                             settings.peak_tflops or detect_peak_tflops(accelerator.device), layout.world_size)
     configure_batch(accelerator, settings, layout.dp_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95),
@@ -182,7 +187,7 @@ def train(settings: TrainSettings) -> Path:
         "data_parallel_size": layout.dp_size, "sequence_parallel_size": layout.sp_size,
         "seq_length": settings.seq_length, "data_config": settings.data_config, "seed": settings.seed,
         "mask_id": tokens.mask_id, "parallel_mode": layout.mode,
-        "global_batch_size": settings.global_batch_size(layout.dp_size),
+        "global_batch_size": settings.global_batch_size(layout.dp_size), "block_size": settings.block_size,
     }
     start_step = 0
     if saved is not None:
@@ -197,7 +202,8 @@ def train(settings: TrainSettings) -> Path:
                                   init_kwargs={"wandb": {"name": output_dir.name}})
 
     trainer = Trainer(
-        settings=settings, accelerator=accelerator, model=model, optimizer=optimizer, plan=make_plan(layout),
+        settings=settings, accelerator=accelerator, model=model, optimizer=optimizer,
+        plan=make_plan(layout, settings.block_size),
         layout=layout, tokens=tokens, run_state=run_state, val_blocks=val_blocks, meter=meter,
         batches=train_batches(stream, start_step * settings.samples_per_step, settings.batch_size, accelerator.device),
     )

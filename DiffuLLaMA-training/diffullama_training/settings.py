@@ -20,6 +20,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from llamafactory.command_line import FLASH_ATTN_INSTALL
 from llamafactory.ddm import annealed_steps
+from llamafactory.ddm.attention import check_block_size
 from llamafactory.errors import UserInputError
 from llamafactory.utils.files import check_writable_folder
 
@@ -38,7 +39,9 @@ class TrainSettings:
     """Every setting of a run, by its flag's name (``--max-train-steps`` -> ``max_train_steps``).
 
     Values are checked on construction; ``attn_implementation`` is never ``auto`` and ``parallel_mode``
-    is the canonical name (``dist_flash_attn`` -> ``ring_attn``).
+    is the canonical name (``dist_flash_attn`` -> ``ring_attn``). ``block_size`` is the block of block
+    diffusion (docs/design.md#block-diffusion; None = full-sequence diffusion); a training sample holds
+    :attr:`sample_tokens` tokens.
     """
 
     output_dir: Path
@@ -71,6 +74,7 @@ class TrainSettings:
     offload_activations: bool = False
     mask_token: int | None = None
     anneal_steps: int = 0
+    block_size: int | None = None
     attn_implementation: str = "sdpa"
     parallel_mode: str = "data_parallel"
     sp_size: int | None = None
@@ -92,12 +96,32 @@ class TrainSettings:
             raise UserInputError(f"--attn-implementation {self.attn_implementation!r}: expected one of "
                                  f"{', '.join(ATTENTION_CHOICES[1:])} once resolved")
         object.__setattr__(self, "parallel_mode", canonical_mode(self.parallel_mode))
+        self._check_block_size()
         object.__setattr__(self, "data_entries", tuple(parse_data_config(self.data_config)))
 
+    def _check_block_size(self) -> None:
+        """A block size is an integer >= 1 and trains only data-parallel (the sharded modes take no 4D mask)."""
+        try:
+            check_block_size(self.block_size)
+        except UserInputError as error:
+            raise UserInputError(f"--block-size: {error}") from None
+        if self.block_size is not None and self.parallel_mode != "data_parallel":
+            raise UserInputError(
+                f"--block-size {self.block_size} needs --parallel_mode data_parallel: {self.parallel_mode} shards "
+                "each sample across ranks and cannot take the block-causal [x_t ; x_0] attention mask"
+            )
+
     @property
-    def block_size(self) -> int:
+    def sample_tokens(self) -> int:
         """Tokens per training sample: ``seq_length + 1`` (output i predicts token i + 1)."""
         return self.seq_length + 1
+
+    @property
+    def forward_columns(self) -> int:
+        """Columns of one sample's training forward: ``2 * sample_tokens`` (``[x_t ; x_0]``) under a block size
+        smaller than the sample, else the sample itself (``training_loss``'s one-block case)."""
+        blocks = self.block_size is not None and self.block_size < self.sample_tokens
+        return 2 * self.sample_tokens if blocks else self.sample_tokens
 
     @property
     def samples_per_step(self) -> int:
@@ -109,7 +133,7 @@ class TrainSettings:
         return self.samples_per_step * dp_size
 
     def tokens_per_step(self, dp_size: int) -> int:
-        return self.global_batch_size(dp_size) * self.block_size
+        return self.global_batch_size(dp_size) * self.sample_tokens
 
     def learning_rate_at(self, step: int) -> float:
         """Constant learning rate after a linear warm-up over ``--warmup-steps`` optimizer steps."""
@@ -156,7 +180,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     data.add_argument("--data-config", default=d["data_config"],
                       help=f"file prefixes and mixing weights, PREFIX:WEIGHT,... (default {d['data_config']})")
     data.add_argument("--seq-length", type=int, default=d["seq_length"],
-                      help=f"tokens per sample; blocks hold seq_length + 1 (default {d['seq_length']})")
+                      help=f"tokens per sample; samples hold seq_length + 1 (default {d['seq_length']})")
     data.add_argument("--buffer-files", type=int, default=d["buffer_files"],
                       help=f"files shuffled together per rank (default {d['buffer_files']})")
     data.add_argument("--val-dataset", default=None, help="directory of packed validation files (*.bin)")
@@ -193,8 +217,12 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                             "with it the base model needs no tokenizer")
     model.add_argument("--anneal-steps", type=int, default=d["anneal_steps"],
                        help="steps of attention-mask annealing from causal to full (default 0; 0 and 1 = none)")
+    model.add_argument("--block-size", type=int, default=None, metavar="B",
+                       help="block diffusion: blocks of B tokens, left to right, diffusion inside each block "
+                            "(default: unset, full-sequence diffusion); data_parallel with sdpa or eager only")
     model.add_argument("--attn-implementation", choices=ATTENTION_CHOICES, default="auto",
-                       help="auto: flash_attention_2 when installed on CUDA (and not annealing), else sdpa")
+                       help="auto: flash_attention_2 when installed on CUDA (and neither annealing nor a block "
+                            "size), else sdpa")
     model.add_argument("--parallel_mode", "--parallel-mode", dest="parallel_mode", default=d["parallel_mode"],
                        help="data_parallel | ulysses_attn | ring_attn (alias dist_flash_attn)")
     model.add_argument("--sp-size", type=int, default=None,
@@ -211,7 +239,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     attention = args.attn_implementation
     if attention == "auto":
         mode = canonical_mode(args.parallel_mode)
-        flash = flash_here and not annealed_steps(args.anneal_steps) and mode != "ring_attn"
+        masked = annealed_steps(args.anneal_steps) or args.block_size is not None
+        flash = flash_here and not masked and mode != "ring_attn"
         attention = "flash_attention_2" if flash else "sdpa"
     elif attention == "flash_attention_2" and not flash_here:
         raise UserInputError(f"--attn-implementation flash_attention_2 needs CUDA and the flash-attn package "

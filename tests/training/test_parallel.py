@@ -7,7 +7,7 @@ import pytest
 from diffullama_training.parallel import Layout, canonical_mode, check_mode
 from llamafactory.errors import UserInputError
 
-GOOD = dict(world_size=4, sp_size=2, block_size=2048, attn_implementation="sdpa", anneal_steps=0,
+GOOD = dict(world_size=4, sp_size=2, sample_tokens=2048, attn_implementation="sdpa", anneal_steps=0,
             uses_deepspeed=True, cuda=True, num_heads=32, num_kv_heads=32)
 
 
@@ -31,8 +31,8 @@ def test_valid_setups_pass():
     [
         ("ring_attn", {"cuda": False}, "need CUDA; on CPU use data_parallel or ulysses_attn"),
         ("ulysses_attn", {"sp_size": 3}, "needs --sp-size of at least 2 dividing the 4 processes \\(got 3"),
-        ("ulysses_attn", {"block_size": 2049}, r"multiple of 2 \(e.g. --seq-length 2047\)"),
-        ("ring_attn", {"block_size": 2050}, r"multiple of 4 \(e.g. --seq-length 2047\)"),
+        ("ulysses_attn", {"sample_tokens": 2049}, r"multiple of 2 \(e.g. --seq-length 2047\)"),
+        ("ring_attn", {"sample_tokens": 2050}, r"multiple of 4 \(e.g. --seq-length 2047\)"),
         ("ulysses_attn", {"anneal_steps": 10}, "--anneal-steps 10 needs a full attention mask"),
         ("ulysses_attn", {"uses_deepspeed": False}, "launch with a DeepSpeed config"),
         ("ulysses_attn", {"attn_implementation": "eager"}, "not eager"),

@@ -76,7 +76,8 @@ def test_settings_are_built_once_typed_and_frozen(base_model, packed_data, tmp_p
     assert isinstance(settings.output_dir, Path) and isinstance(settings.val_dataset, Path)
     assert settings.parallel_mode == "ring_attn" and settings.attn_implementation in ("sdpa", "flash_attention_2")
     assert settings.data_entries == (("train_slim", 0.693584), ("train_star", 0.306416))
-    assert (settings.block_size, settings.samples_per_step, settings.global_batch_size(2)) == (16, 12, 24)
+    assert (settings.sample_tokens, settings.samples_per_step, settings.global_batch_size(2)) == (16, 12, 24)
+    assert settings.block_size is None and settings.forward_columns == 16  # full-sequence diffusion by default
     assert settings.tokens_per_step(2) == 24 * 16
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.seed = 1
