@@ -1,13 +1,13 @@
-"""TinyLlama packed token files: the format, a writer, and deterministic per-rank block streams.
+"""TinyLlama packed token files: the format, a writer, and deterministic per-rank sample streams.
 
 A packed file is a 24-byte header followed by one chunk of ``chunk_size`` tokens::
 
     b"LITPKDS"  uint64 version (1)  uint8 dtype code  uint64 chunk_size   (little-endian)
 
 Documents are concatenated into chunks, separated by a separator token; the unused tail of the last
-chunk is filled with it. Training reads fixed-size blocks (``seq_length + 1`` tokens) out of chunks.
+chunk is filled with it. Training reads fixed-size samples (``seq_length + 1`` tokens) out of chunks.
 
-Every stream here is a pure function of ``(seed, rank, position)``: block ``i`` of a rank is the same
+Every stream here is a pure function of ``(seed, rank, position)``: sample ``i`` of a rank is the same
 whenever it is asked for, so a resumed run continues from a sample count instead of a saved iterator.
 """
 
@@ -185,18 +185,18 @@ def check_token_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
 
 
 class PackedSource:
-    """One rank's share of the blocks of some packed files, in a seeded order repeated by epochs.
+    """One rank's share of the samples of some packed files, in a seeded order repeated by epochs.
 
     Files are dealt to ranks round-robin (a tail that cannot be split evenly is left out). In each
-    epoch the rank's files are shuffled and read ``buffer_files`` at a time; the blocks of those files
-    are shuffled together, as TinyLlama's buffer does. ``block(i)`` is O(1) apart from one cached
+    epoch the rank's files are shuffled and read ``buffer_files`` at a time; the samples of those files
+    are shuffled together, as TinyLlama's buffer does. ``sample(i)`` is O(1) apart from one cached
     permutation per buffer, so a stream can start at any position.
     """
 
     def __init__(
         self,
         files: Sequence[Path],
-        block_size: int,
+        sample_tokens: int,
         *,
         seed: int,
         rank: int = 0,
@@ -206,8 +206,8 @@ class PackedSource:
         name: str = "data",
         vocab_size: int | None = None,
     ) -> None:
-        if block_size < 2:
-            raise PackedDataError(f"block size must be at least 2 tokens, got {block_size}")
+        if sample_tokens < 2:
+            raise PackedDataError(f"a sample must hold at least 2 tokens, got {sample_tokens}")
         usable = len(files) // world_size * world_size
         if usable == 0:
             raise PackedDataError(
@@ -220,15 +220,15 @@ class PackedSource:
         if len(sizes) > 1:
             raise PackedDataError(f"{name}: files mix dtypes/chunk sizes {sorted(map(str, sizes))}; expected one")
         self.chunk_size = headers[0].chunk_size
-        if block_size > self.chunk_size:
+        if sample_tokens > self.chunk_size:
             raise PackedDataError(
-                f"{name}: blocks of {block_size} tokens do not fit chunks of {self.chunk_size}; "
+                f"{name}: samples of {sample_tokens} tokens do not fit chunks of {self.chunk_size}; "
                 "re-pack with --chunk-size a multiple of seq_length + 1"
             )
-        self.block_size = block_size
+        self.sample_tokens = sample_tokens
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
         self.vocab_size = vocab_size
-        self.blocks_per_file = self.chunk_size // block_size
+        self.samples_per_file = self.chunk_size // sample_tokens
         self.buffer_files = max(1, min(buffer_files, len(self.files)))
         self._cached_key: tuple[int, int] | None = None
         self._cached_order: np.ndarray = np.empty(0, dtype=np.int64)
@@ -236,19 +236,19 @@ class PackedSource:
 
     def __len__(self) -> int:
         """Blocks per epoch."""
-        return len(self.files) * self.blocks_per_file
+        return len(self.files) * self.samples_per_file
 
-    def block(self, index: int) -> np.ndarray:
-        """Block ``index`` of this rank's endless stream, as int64 ``[block_size]``."""
+    def sample(self, index: int) -> np.ndarray:
+        """Sample ``index`` of this rank's endless stream, as int64 ``[sample_tokens]``."""
         epoch, offset = divmod(index, len(self))
-        buffer_blocks = self.buffer_files * self.blocks_per_file
-        buffer, position = divmod(offset, buffer_blocks)
+        buffer_samples = self.buffer_files * self.samples_per_file
+        buffer, position = divmod(offset, buffer_samples)
         order = self._buffer_order(epoch, buffer)
-        file_slot, block_in_file = divmod(int(order[position]), self.blocks_per_file)
+        file_slot, sample_in_file = divmod(int(order[position]), self.samples_per_file)
         path = self._file_order(epoch)[buffer * self.buffer_files + file_slot]
         tokens = self._tokens(path)
-        start = block_in_file * self.block_size
-        return np.asarray(tokens[start : start + self.block_size], dtype=np.int64)
+        start = sample_in_file * self.sample_tokens
+        return np.asarray(tokens[start : start + self.sample_tokens], dtype=np.int64)
 
     def _file_order(self, epoch: int) -> list[Path]:
         if not self.shuffle:
@@ -259,7 +259,7 @@ class PackedSource:
     def _buffer_order(self, epoch: int, buffer: int) -> np.ndarray:
         if self._cached_key != (epoch, buffer):
             n_files = min(self.buffer_files, len(self.files) - buffer * self.buffer_files)
-            count = n_files * self.blocks_per_file
+            count = n_files * self.samples_per_file
             if self.shuffle:
                 self._cached_order = np.random.default_rng([self.seed, self.rank, epoch, buffer, 1]).permutation(count)
             else:
@@ -277,7 +277,7 @@ class PackedSource:
 
 
 class MixedStream:
-    """Endless stream of blocks, each drawn from one of several sources with fixed probabilities.
+    """Endless stream of samples, each drawn from one of several sources with fixed probabilities.
 
     The source of sample ``i`` comes from a seeded draw for its page of ``4096`` samples, so the stream
     can be started at any sample index: the position inside each source is the count of earlier
@@ -309,7 +309,7 @@ class MixedStream:
             picks = self.choices(page)
             positions += np.bincount(picks[:skip], minlength=len(self.sources))
             for source in picks[skip:]:
-                yield self.sources[source].block(int(positions[source]))
+                yield self.sources[source].sample(int(positions[source]))
                 positions[source] += 1
             page, skip = page + 1, 0
 
@@ -337,7 +337,7 @@ def parse_data_config(text: str) -> list[tuple[str, float]]:
 def mixed_stream(
     directory: str | os.PathLike,
     config: Iterable[tuple[str, float]],
-    block_size: int,
+    sample_tokens: int,
     *,
     seed: int,
     rank: int = 0,
@@ -353,7 +353,7 @@ def mixed_stream(
         if not files:
             raise PackedDataError(f"no packed files {prefix}*.bin in {directory} (from the data config)")
         sources.append(
-            PackedSource(files, block_size, seed=seed, rank=rank, world_size=world_size,
+            PackedSource(files, sample_tokens, seed=seed, rank=rank, world_size=world_size,
                          buffer_files=buffer_files, name=f"{directory}/{prefix}*", vocab_size=vocab_size)
         )
         weights.append(weight)

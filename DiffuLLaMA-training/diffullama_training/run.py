@@ -95,7 +95,7 @@ def validation_blocks(settings: TrainSettings, layout: Layout, vocab_size: int) 
             f"--val-dataset holds {len(source)} samples of {sample_tokens} tokens, fewer than the {layout.dp_size} "
             "data-parallel ranks"
         )
-    return [source.block(i).tolist() for i in range(layout.dp_rank, count, layout.dp_size)]
+    return [source.sample(i).tolist() for i in range(layout.dp_rank, count, layout.dp_size)]
 
 
 def load_run_tokenizer(mask_token: int | None, model_dir: Path) -> Any | None:

@@ -1,4 +1,4 @@
-"""The TinyLlama packed format and the deterministic per-rank block streams."""
+"""The TinyLlama packed format and the deterministic per-rank sample streams."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def test_reader_accepts_a_file_written_by_an_independent_implementation(tmp_path
     _independent_packed_file(tmp_path / "foreign_0.bin", tokens, dtype_code=4)
     assert read_header(tmp_path / "foreign_0.bin").dtype == np.int32
     assert read_tokens(tmp_path / "foreign_0.bin").tolist() == tokens.tolist()
-    source = PackedSource([tmp_path / "foreign_0.bin"], block_size=8, seed=0, shuffle=False)
-    assert [source.block(i).tolist() for i in range(5)] == [tokens[i * 8 : (i + 1) * 8].tolist() for i in range(5)]
+    source = PackedSource([tmp_path / "foreign_0.bin"], sample_tokens=8, seed=0, shuffle=False)
+    assert [source.sample(i).tolist() for i in range(5)] == [tokens[i * 8 : (i + 1) * 8].tolist() for i in range(5)]
 
 
 def test_writer_output_matches_the_independent_layout_byte_for_byte(tmp_path):
@@ -101,27 +101,27 @@ def test_writer_refuses_ids_that_do_not_fit_the_dtype(tmp_path):
 
 
 def _numbered_files(tmp_path, prefix: str, n_files: int, chunk: int) -> list:
-    """Files whose tokens count up globally, so every block identifies where it came from."""
+    """Files whose tokens count up globally, so every sample identifies where it came from."""
     with PackedWriter(tmp_path, prefix, chunk_size=chunk, sep_id=0, dtype=np.int32) as writer:
         writer.add(np.arange(n_files * chunk))
     return writer.files
 
 
-def test_a_rank_stream_is_a_permutation_of_its_files_blocks_per_epoch(tmp_path):
+def test_a_rank_stream_is_a_permutation_of_its_files_samples_per_epoch(tmp_path):
     files = _numbered_files(tmp_path, "d", n_files=6, chunk=20)
-    source = PackedSource(files, block_size=5, seed=3, buffer_files=4)
-    epoch = [tuple(source.block(i)) for i in range(len(source))]
+    source = PackedSource(files, sample_tokens=5, seed=3, buffer_files=4)
+    epoch = [tuple(source.sample(i)) for i in range(len(source))]
     expected = {tuple(range(s, s + 5)) for s in range(0, 6 * 20, 5)}
     assert len(source) == 24 and set(epoch) == expected
     assert epoch != sorted(epoch)  # shuffled
-    second = [tuple(source.block(i)) for i in range(len(source), 2 * len(source))]
+    second = [tuple(source.sample(i)) for i in range(len(source), 2 * len(source))]
     assert set(second) == expected and second != epoch  # a new order every epoch
 
 
 def test_ranks_read_disjoint_files(tmp_path):
     files = _numbered_files(tmp_path, "d", n_files=5, chunk=8)
     shards = [PackedSource(files, 4, seed=0, rank=r, world_size=2) for r in range(2)]
-    seen = [{tuple(s.block(i)) for i in range(len(s))} for s in shards]
+    seen = [{tuple(s.sample(i)) for i in range(len(s))} for s in shards]
     assert len(shards[0]) == len(shards[1]) == 4 and not seen[0] & seen[1]
     with pytest.raises(PackedDataError, match="every rank needs at least one file"):
         PackedSource(files[:1], 4, seed=0, rank=0, world_size=2)
@@ -130,9 +130,9 @@ def test_ranks_read_disjoint_files(tmp_path):
 def test_a_stream_started_midway_continues_the_uninterrupted_one(tmp_path):
     for prefix in ("a", "b"):
         _numbered_files(tmp_path, prefix, n_files=3, chunk=12)
-    stream = mixed_stream(tmp_path, [("a", 0.3), ("b", 0.7)], block_size=4, seed=11, buffer_files=2)
+    stream = mixed_stream(tmp_path, [("a", 0.3), ("b", 0.7)], sample_tokens=4, seed=11, buffer_files=2)
     full = [b.tolist() for b in itertools.islice(stream.iterate(0), 5000)]
-    again = mixed_stream(tmp_path, [("a", 0.3), ("b", 0.7)], block_size=4, seed=11, buffer_files=2)
+    again = mixed_stream(tmp_path, [("a", 0.3), ("b", 0.7)], sample_tokens=4, seed=11, buffer_files=2)
     for start in (0, 7, 4096, 4100):
         assert [b.tolist() for b in itertools.islice(again.iterate(start), 50)] == full[start : start + 50]
 
@@ -160,7 +160,7 @@ def test_data_config_parsing():
             parse_data_config(bad)
 
 
-def test_blocks_larger_than_a_chunk_are_rejected(tmp_path):
+def test_samples_larger_than_a_chunk_are_rejected(tmp_path):
     files = _numbered_files(tmp_path, "d", n_files=1, chunk=8)
     with pytest.raises(PackedDataError, match="do not fit chunks of 8"):
         PackedSource(files, 9, seed=0)
