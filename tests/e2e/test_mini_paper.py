@@ -8,7 +8,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -86,11 +85,12 @@ def test_wikitext_lines_become_articles():
         "= First =\n\nSome text .\n\n= = Section = =\n\nMore .", "= Second =\n\nBody ."]
 
 
-def test_the_hub_default_fails_offline_with_one_line_that_names_mini_text(tmp_path):
-    result = subprocess.run([sys.executable, str(MINI_PAPER / "prepare_text.py"), "--out", str(tmp_path / "data")],
-                            env=environment(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+def test_the_hub_default_fails_offline_with_one_line_that_names_mini_text(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it (no process launch)
+    assert script("prepare_text").main(["--out", str(tmp_path / "data")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Salesforce/wikitext" in lines[0] and "MINI_TEXT=" in lines[0]
     assert not (tmp_path / "data").exists()
 
