@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from llamafactory.ddm import DiffusionLM, SamplingConfig, sample, score_continuations
-from llamafactory.model.tokenizer import framing_tokens
+from llamafactory.ddm import DiffusionLM, SamplingConfig, framing_tokens, sample, score_continuations, sequence_nll
 
 from .engine import Decoding, FillRequest, GenerationMeter, window
 from .text import fit_infill, fit_pair
@@ -48,6 +47,13 @@ class DiffusionEngine:
                 self.model, [c for c, _, _ in fitted], [x for _, x, _ in fitted], steps=steps, seed=seed,
                 estimator=estimator, batch_size=self.batch_size, progress=bar.update,
             )
+
+    def sequence_nll(self, sequences: Sequence[Sequence[int]], *, given: int, steps: int, seed: int,
+                     desc: str) -> list[tuple[float, int]]:
+        """The core's ELBO bound of each sequence's NLL beyond its first ``given`` tokens (an upper bound)."""
+        with tqdm(total=len(sequences) * steps, desc=desc, unit="row") as bar:
+            return sequence_nll(self.model, sequences, steps=steps, seed=seed, batch_size=self.batch_size,
+                                prompt_lengths=[given] * len(sequences), progress=bar.update)
 
     def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
         fitted = [fit_infill(r.prefix, r.length, r.suffix, self.max_length) for r in requests]

@@ -74,6 +74,11 @@ class Engine(Protocol):
     def fill(self, requests: Sequence[FillRequest], decoding: Decoding, *, desc: str) -> list[list[int]]:
         """The generated hole of each request (at most ``length`` tokens)."""
 
+    def sequence_nll(self, sequences: Sequence[Sequence[int]], *, given: int, steps: int, seed: int,
+                     desc: str) -> list[tuple[float, int]]:
+        """Summed NLL (nats) of each sequence's tokens after its first ``given``, and their count: exact for an
+        AR model, the ELBO bound (``steps`` noise levels drawn from ``seed``) for a diffusion model."""
+
     def supervised_prompt(self, prompt: Sequence[int]) -> list[int]:
         """The prefix that precedes an answer in the fine-tuned (ddm-sft / sft) layout."""
 

@@ -20,16 +20,21 @@ PIPELINE = FACTORY / "examples" / "tiny" / "pipeline"
 BUNDLED_MODEL = REPO / "assets" / "diffugpt-tiny"
 
 
-def pipeline_module(name: str) -> ModuleType:
-    """A script of examples/tiny/pipeline imported under a private name (they are not a package)."""
-    qualified = f"tiny_pipeline_{name}"
+def example_module(folder: Path, name: str) -> ModuleType:
+    """``folder/<name>.py`` (an example script) imported by file path under a private name, once per session."""
+    qualified = f"example_{folder.name}_{name}"
     if qualified in sys.modules:
         return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, PIPELINE / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(qualified, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[qualified] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+def pipeline_module(name: str) -> ModuleType:
+    """A script of examples/tiny/pipeline as a module (they are scripts, not a package)."""
+    return example_module(PIPELINE, name)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import sys
 import pytest
 import torch
 
+from dlm_eval import DiffusionEngine
+from dlm_eval.spans import exact_matches, fill_spans
 from llamafactory.ddm import SamplingConfig, detect_layout, load_diffusion_lm, sample
 from tests.e2e.conftest import BUNDLED_MODEL, REPO
 
@@ -56,9 +58,9 @@ def test_infilling_reproduces_the_reported_accuracy(bundled, synthetic, compare)
     encoder = compare.Encoder(tokenizer)
     examples = [encoder.infill({"kind": r.kind, "prefix": r.prefix, "middle": r.middle, "suffix": r.suffix})
                 for r in test_set]
-    generate = compare.diffusion_generate(model, None, "confidence")
-    hits, _ = compare.exact_match(generate, examples, tokenizer.eos_token_id, 128, "infill")
-    accuracy = compare.percent(hits)
+    engine = DiffusionEngine(model, tokenizer, batch_size=128)
+    filled = fill_spans(engine, examples, compare.greedy("confidence"), steps=None, desc="infill")
+    accuracy = compare.percent(exact_matches(filled, examples, tokenizer.eos_token_id))
     assert abs(accuracy - reported["diffusion (ddm) | T = n tokens"]["infill"]) <= 3
     assert accuracy >= 50
     assert accuracy >= 2 * reported["AR (pt) | greedy, prefix only"]["infill"]

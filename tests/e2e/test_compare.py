@@ -1,15 +1,19 @@
-"""The AR-vs-diffusion evaluation: examples framed as the stages frame their data, exact-match scoring,
-AR decoding equal to transformers' greedy search, and diffusion filling exactly the masked span."""
+"""The AR-vs-diffusion evaluation: spans framed as the stages frame their data, exact-match scoring,
+AR decoding equal to the shared greedy decoder, and diffusion filling exactly the masked span, all through
+dlm_eval's engines."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from transformers import GPT2Config
 
-from llamafactory.data import FramingTokens, get_template
+from dlm_eval import AutoregressiveEngine, DiffusionEngine
+from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps
+from llamafactory.data import get_template
 from llamafactory.data.processors import IGNORE_INDEX, ddm_sft_batch, supervised_batch
-from llamafactory.ddm import DiffusionLM, SpecialTokens
-from llamafactory.model.generation import generate_continuations
+from llamafactory.ddm import DiffusionLM, FramingTokens, SpecialTokens, generate_continuations
+from llamafactory.errors import UserInputError
 from tests.e2e.conftest import pipeline_module
 
 
@@ -56,42 +60,33 @@ def test_infill_examples_are_records_between_end_of_text_tokens(compare, pipelin
     assert tok.decode(example.target).strip() == record.middle
 
 
-def test_exact_match_compares_answers_up_to_end_of_text(compare):
+def test_exact_match_compares_answers_up_to_end_of_text():
     eos = 1
-    examples = [compare.Example("x", (1, 7), (5, 6)), compare.Example("x", (1, 8), (4, eos, 0, 0))]
-    perfect = lambda batch: [e.target for e in batch]  # noqa: E731
-    assert compare.exact_match(perfect, examples, eos, 8, "test")[0] == [True, True]
-    after_eos_differs = lambda batch: [(5, 6)] if len(batch[0].target) == 2 else [(4, eos, 9, 9)]  # noqa: E731
-    assert compare.exact_match(after_eos_differs, examples, eos, 8, "test")[0] == [True, True]
-    wrong = lambda batch: [tuple(reversed(e.target)) for e in batch]  # noqa: E731
-    assert compare.exact_match(wrong, examples, eos, 8, "test")[0] == [False, False]
+    spans = [Span("x", (1, 7), (5, 6)), Span("x", (1, 8), (4, eos, 0, 0))]
+    assert exact_matches([s.target for s in spans], spans, eos) == [True, True]
+    assert exact_matches([(5, 6), (4, eos, 9, 9)], spans, eos) == [True, True]
+    assert exact_matches([tuple(reversed(s.target)) for s in spans], spans, eos) == [False, False]
 
 
-def test_batches_group_equal_shapes_only(compare):
-    examples = [compare.Example("x", (1,) * b, (2,) * t) for b, t in [(2, 1), (3, 1), (2, 1), (2, 2), (2, 1)]]
-    batches = list(compare.groups(examples, batch_size=2))
-    assert sorted(i for batch in batches for i in batch) == list(range(5))
-    for batch in batches:
-        assert len({(len(examples[i].before), len(examples[i].target)) for i in batch}) == 1
-        assert len(batch) <= 2
-
-
-def test_ar_decoding_is_the_shared_greedy_decoder_for_the_target_length(compare, tiny_model):
+def test_ar_spans_are_the_shared_greedy_decoder_for_the_target_length(compare, tiny_model, pipeline_tokenizer):
     prompts = torch.randint(6, 100, (3, 5), generator=torch.Generator().manual_seed(0)).tolist()
-    examples = [compare.Example("x", tuple(row), (0,) * 4) for row in prompts]
-    expected = generate_continuations(tiny_model, prompts, 4, pad_id=0)
-    assert compare.ar_generate(tiny_model, 0)(examples) == [tuple(row) for row in expected]
-    assert all(len(row) == 4 for row in expected)
+    prompts[2] = prompts[2][:3]  # a shorter prompt shares the batch (left padding)
+    spans = [Span("x", tuple(row), (0,) * 4, (7, 7)) for row in prompts]
+    engine = AutoregressiveEngine(tiny_model, pipeline_tokenizer, stop_at_eos=False)
+    filled = fill_spans(engine, spans, compare.greedy("confidence"), steps=None, desc="t")
+    assert filled == [tuple(generate_continuations(tiny_model, [row], 4, pad_id=0)[0]) for row in prompts]
+    assert all(len(row) == 4 for row in filled)
 
 
 def test_diffusion_fills_only_the_masked_span(compare, tiny_model, pipeline_tokenizer):
     import copy
 
     model = DiffusionLM(copy.deepcopy(tiny_model), SpecialTokens(mask_id=pipeline_tokenizer.mask_token_id))
-    examples = [compare.Example("x", (1, 10, 11), (12, 13, 14), (15, 1)) for _ in range(2)]
+    engine = DiffusionEngine(model, pipeline_tokenizer)
+    spans = [Span("x", (1, 10, 11), (12, 13, 14), (15, 1)), Span("x", (1, 10), (12, 13, 14, 9), (1,))]
     for steps in (1, None):
-        spans = compare.diffusion_generate(model, steps, "confidence")(examples)
-        assert all(len(span) == 3 and model.mask_id not in span for span in spans)
+        filled = fill_spans(engine, spans, compare.greedy("confidence"), steps=steps, desc="t")
+        assert [len(span) for span in filled] == [3, 4] and all(model.mask_id not in span for span in filled)
 
 
 class _Oracle(torch.nn.Module):
@@ -101,26 +96,29 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.gold, self.vocab, self.mask_id, self.shift = torch.tensor(gold), vocab, mask_id, True
+        self.config = GPT2Config(n_positions=32)
+        self.tokens = SpecialTokens(mask_id=mask_id, eos_id=1)
 
     @property
     def device(self) -> torch.device:
         return self.anchor.device
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = torch.zeros(ids.shape[0], ids.shape[1], self.vocab)
         logits[:, :-1] = 10 * torch.nn.functional.one_hot(self.gold[1:], self.vocab).float()
         return logits
 
 
 def test_a_perfect_denoiser_scores_full_marks_at_every_step_count(compare):
-    example = compare.Example("x", (1, 10, 11), (12, 13, 14), (15, 1))
-    oracle = _Oracle(list(example.before + example.target + example.after), vocab=20, mask_id=19)
+    span = Span("x", (1, 10, 11), (12, 13, 14), (15, 1))
+    oracle = _Oracle(list(span.before + span.target + span.after), vocab=20, mask_id=19)
+    engine = DiffusionEngine(oracle, None)
     for steps in (1, 2, None):
-        hits, spans = compare.exact_match(compare.diffusion_generate(oracle, steps, "confidence"), [example] * 3, 1, 8, "t")
-        assert hits == [True] * 3 and spans[0] == example.target
+        filled = fill_spans(engine, [span] * 3, compare.greedy("confidence"), steps=steps, desc="t")
+        assert exact_matches(filled, [span] * 3, 1) == [True] * 3 and filled[0] == span.target
 
 
-def test_steps_option(compare):
-    assert compare.parse_steps("1,4,16,n") == [1, 4, 16, None]
-    with pytest.raises(SystemExit, match="got '0'"):
-        compare.parse_steps("1,0")
+def test_steps_option():
+    assert parse_steps("1,4,16,n") == [1, 4, 16, None]
+    with pytest.raises(UserInputError, match="got '0'"):
+        parse_steps("1,0")

@@ -68,5 +68,5 @@ def test_loss_plot_from_the_trainer_state(tmp_path):
 
 
 def test_loss_plot_of_an_unfinished_stage_says_so(tmp_path):
-    with pytest.raises(SystemExit, match="holds no trainer_state.json"):
+    with pytest.raises(UserInputError, match="holds no trainer_state.json"):
         pipeline_module("plots").loss_history(tmp_path)

@@ -4,20 +4,18 @@ a pure function of the committed results.json, and a shortened run goes through 
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
+from dlm_eval import DiffusionEngine
 from llamafactory.ddm import DiffusionLM, resolve_special_tokens
-from tests.e2e.conftest import FACTORY, REPO
+from tests.e2e.conftest import FACTORY, REPO, example_module, pipeline_module
 from tests.tiny import corpus
 from tests.tolerance import close
 
@@ -27,10 +25,8 @@ RUNS = ("ar", "ddm-adapted", "ddm-no-anneal", "ddm-no-shift", "ddm-scratch", "dd
 
 
 def script(name: str) -> ModuleType:
-    """A script of examples/mini_paper as a module (its folder on the path, as when the script runs)."""
-    if str(MINI_PAPER) not in sys.path:
-        sys.path.insert(0, str(MINI_PAPER))
-    return importlib.import_module(name)
+    """A script of examples/mini_paper as a module, imported by file path."""
+    return example_module(MINI_PAPER, name)
 
 
 def write_text(path: Path, paragraphs: int = 60, lines_per_paragraph: int = 5, seed: int = 0) -> Path:
@@ -42,15 +38,14 @@ def write_text(path: Path, paragraphs: int = 60, lines_per_paragraph: int = 5, s
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(FACTORY / "src"), str(REPO),
-                                                                     os.environ.get("PYTHONPATH", "")]))}
-    return {**env, **extra}
+    """This process's environment (the installed packages) plus ``extra``."""
+    return {**os.environ, **extra}
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     """The pipeline's tokenizer (the tiny pipeline's trainer: byte-level BPE, prefix space) on the test corpus."""
-    return script("tiny_pipeline").tiny_module("train_tokenizer").train_tokenizer(iter(corpus()), 400, 64)
+    return pipeline_module("train_tokenizer").train_tokenizer(iter(corpus()), 400, 64)
 
 
 def test_documents_are_held_out_whole_and_the_split_follows_the_seed(tmp_path):
@@ -90,11 +85,12 @@ def test_wikitext_lines_become_articles():
         "= First =\n\nSome text .\n\n= = Section = =\n\nMore .", "= Second =\n\nBody ."]
 
 
-def test_the_hub_default_fails_offline_with_one_line_that_names_mini_text(tmp_path):
-    result = subprocess.run([sys.executable, str(MINI_PAPER / "prepare_text.py"), "--out", str(tmp_path / "data")],
-                            env=environment(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+def test_the_hub_default_fails_offline_with_one_line_that_names_mini_text(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it (no process launch)
+    assert script("prepare_text").main(["--out", str(tmp_path / "data")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Salesforce/wikitext" in lines[0] and "MINI_TEXT=" in lines[0]
     assert not (tmp_path / "data").exists()
 
@@ -142,21 +138,6 @@ def test_spans_come_from_distinct_sentences_and_follow_the_seed(tokenizer):
     assert all(len(e.before) <= 8 and len(e.after) <= 8 for e in first)
 
 
-def test_ar_nll_is_the_models_own_next_token_loss(tokenizer):
-    measure = script("measure")
-    from tests.tiny import tiny_gpt2
-
-    model = tiny_gpt2(len(tokenizer), n_positions=32, seed=3)
-    ids = torch.randint(0, len(tokenizer), (5, 20), generator=torch.Generator().manual_seed(0))
-    total, count = measure.ar_nll(model, ids.tolist(), start=1, batch_size=2)
-    assert count == 5 * 19
-    with torch.no_grad():
-        reference = float(model(input_ids=ids, labels=ids).loss)
-    assert total / count == close(reference)
-    later, later_count = measure.ar_nll(model, ids.tolist(), start=12, batch_size=5)
-    assert later_count == 5 * 8 and later < total
-
-
 def test_unigram_entropy_flags_repetition():
     measure = script("measure")
     assert measure.unigram_entropy([7] * 10) == 0.0
@@ -170,8 +151,9 @@ def test_a_sampled_row_does_not_depend_on_the_other_rows(tokenizer):
     model = DiffusionLM(tiny_gpt2(len(tokenizer), n_positions=24, seed=2),
                         resolve_special_tokens(tokenizer, "gpt2", len(tokenizer))).eval()
     prompts = [[tokenizer.eos_token_id, 5, 6, 7], [tokenizer.eos_token_id, 9, 9, 9], [tokenizer.eos_token_id, 1, 2, 3]]
-    both = measure.diffusion_samples(model, measure.GenerationTask("prefix", prompts, 24), steps=6, seed=0)
-    alone = measure.diffusion_samples(model, measure.GenerationTask("prefix", prompts[:1], 24), steps=6, seed=0)
+    engine = DiffusionEngine(model, tokenizer)
+    both = measure.samples(engine, measure.GenerationTask("prefix", prompts, 24), seed=0, steps=6)
+    alone = measure.samples(engine, measure.GenerationTask("prefix", prompts[:1], 24), seed=0, steps=6)
     assert both[0] == alone[0] and len(both[0]) == 20
     assert model.mask_id not in {token for row in both for token in row}
 

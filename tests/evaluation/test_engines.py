@@ -12,11 +12,12 @@ from dlm_eval.tasks.choice import ChoiceExample, evaluate_choices
 from dlm_eval.tasks.lambada import LastWordExample, evaluate_last_word
 from dlm_eval.tasks.triviaqa import QuestionExample, evaluate_answers
 from dlm_eval.text import Piece, encode_pair
-from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks, load_diffusion_lm
-from tests.tiny import tiny_tokenizer
+from llamafactory.ddm import DiffusionLM, SpecialTokens, level_masks, load_diffusion_lm, sequence_nll
+from llamafactory.errors import UserInputError
+from tests.tiny import tiny_gpt2, tiny_tokenizer
 from tests.tolerance import close
 
-from .common import FIXTURES
+from .common import FIXTURES, plant_answer
 
 STEPS = 8
 
@@ -173,6 +174,56 @@ def test_ar_scores_are_negated_continuation_log_likelihoods(random_checkpoints, 
     pairs = fixture_pairs(tokenizer)
     scores = AutoregressiveEngine(model, tokenizer, batch_size=8).score(pairs, steps=1, seed=0, desc="test")
     assert scores == pytest.approx([-ar_log_likelihood(model, c, x) for c, x in pairs], rel=1e-4, abs=1e-4)
+
+
+def test_ar_sequence_nll_is_the_models_own_next_token_loss(random_checkpoints, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(random_checkpoints["gpt2"]).eval()
+    ids = torch.randint(0, len(tokenizer), (5, 20), generator=torch.Generator().manual_seed(0))
+    engine = AutoregressiveEngine(model, tokenizer, batch_size=2)
+    scores = engine.sequence_nll(ids.tolist(), given=1, steps=1, seed=0, desc="test")
+    assert [count for _, count in scores] == [19] * 5
+    with torch.no_grad():
+        reference = float(model(input_ids=ids, labels=ids).loss)
+    assert sum(total for total, _ in scores) / (5 * 19) == close(reference)
+    later = engine.sequence_nll(ids.tolist(), given=12, steps=1, seed=0, desc="test")
+    assert [count for _, count in later] == [8] * 5 and all(b < a for (a, _), (b, _) in zip(scores, later))
+    with pytest.raises(UserInputError, match="given must be >= 1"):
+        engine.sequence_nll(ids.tolist(), given=0, steps=1, seed=0, desc="test")
+
+
+def test_diffusion_sequence_nll_is_the_cores_elbo(random_diffugpt):
+    model, tokenizer = random_diffugpt
+    sequences = torch.randint(0, 200, (3, 16), generator=torch.Generator().manual_seed(1)).tolist()
+    engine = DiffusionEngine(model, tokenizer, batch_size=2)
+    assert engine.sequence_nll(sequences, given=1, steps=4, seed=3, desc="test") == [
+        (close(total), count) for total, count in sequence_nll(model, sequences, steps=4, seed=3,
+                                                               prompt_lengths=[1, 1, 1])]
+
+
+def test_ar_sampling_is_an_option_seeded_by_the_batchs_first_request(random_checkpoints, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(random_checkpoints["gpt2"]).eval()
+    sampler = Decoding(temperature=1.0, top_p=None, greedy=False)
+    requests = [FillRequest([5, 6, 7], 12, seed=4), FillRequest([5, 8, 9], 12, seed=5)]
+    greedy = AutoregressiveEngine(model, tokenizer, stop_at_eos=False).fill(requests, sampler, desc="t")
+    assert greedy == AutoregressiveEngine(model, tokenizer).fill(requests, Decoding(greedy=True), desc="t")
+    engine = AutoregressiveEngine(model, tokenizer, sampling=True, stop_at_eos=False)
+    sampled = engine.fill(requests, sampler, desc="t")
+    assert sampled == engine.fill(requests, sampler, desc="t") and sampled != greedy
+    assert engine.fill([FillRequest([5, 6, 7], 12, seed=6), requests[1]], sampler, desc="t") != sampled
+    assert engine.fill(requests, Decoding(greedy=True), desc="t") == greedy
+
+
+def test_ar_holes_stop_at_eos_unless_told_to_run_their_full_length(tokenizer):
+    eos = tokenizer.eos_token_id
+    model = plant_answer(tiny_gpt2(len(tokenizer), n_positions=32), eos)
+    request = [FillRequest([5, 6], 4)]
+    assert AutoregressiveEngine(model, tokenizer).fill(request, Decoding(greedy=True), desc="t") == [[]]
+    full = AutoregressiveEngine(model, tokenizer, stop_at_eos=False).fill(request, Decoding(greedy=True), desc="t")
+    assert full == [[eos] * 4]
 
 
 def test_ar_baseline_picks_and_generates_the_planted_answer(planted_gpt2, tokenizer):

@@ -10,7 +10,6 @@ import torch
 
 from llamafactory.data import (
     IGNORE_INDEX,
-    FramingTokens,
     SequenceCollator,
     get_template,
     load_raw_splits,
@@ -18,6 +17,7 @@ from llamafactory.data import (
     tokenize_splits,
 )
 from llamafactory.data.processors import ddm_sft_batch, fit_prompt_response, pretrain_batch, supervised_batch
+from llamafactory.ddm import FramingTokens
 from llamafactory.errors import UserInputError
 from llamafactory.hparams import get_train_args
 from tests.tiny import tiny_tokenizer

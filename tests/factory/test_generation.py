@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llamafactory.model.generation import generate_continuations
+from llamafactory.ddm import generate_continuations
 from llamafactory.tiny import tiny_gpt2, tiny_llama
 
 

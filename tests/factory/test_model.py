@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from llamafactory.ddm import is_bidirectional, load_diffusion_lm
+from llamafactory.ddm import framing_tokens, is_bidirectional, load_diffusion_lm
 from llamafactory.hparams import get_train_args
-from llamafactory.model import diffusion_special_tokens, framing_tokens, load_model, setup_finetuning
+from llamafactory.model import diffusion_special_tokens, load_model, setup_finetuning
 from tests.tiny import tiny_gpt2, tiny_tokenizer, write_diffugpt_s
 
 

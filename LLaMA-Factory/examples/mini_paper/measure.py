@@ -14,8 +14,9 @@ Without ``--diffusion`` the AR model itself is measured the same way: exact NLL,
 prefix only (it cannot see the suffix), and left-to-right samples with the same sampler settings;
 the held-out text itself is scored as the reference for generation.
 
-Diffusion samples draw from per-row generators seeded by (``--seed``, condition, row), so every
-diffusion model samples with the same seeds; the AR samples draw from one generator seeded the same way.
+Every measurement goes through the evaluation's engines (``dlm_eval``: the core's ELBO, sampler and AR
+decoder). Diffusion samples draw from per-row generators seeded by (``--seed``, condition, row), so every
+diffusion model samples with the same seeds; the AR samples draw from one generator seeded by the first row's seed.
 
     python measure.py --ar output/mini-paper/pt --name ar --init init --data output/mini-paper/data --out eval/ar.json
     python measure.py --ar output/mini-paper/pt --diffusion output/mini-paper/ddm-adapted --shift true \\
@@ -38,34 +39,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tiny_pipeline import tiny_module
-from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dlm_eval import AutoregressiveEngine, Decoding, DiffusionEngine, FillRequest
+from dlm_eval.engine import Engine
+from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps, token_accuracy
+from dlm_eval.text import encode
 from llamafactory.command_line import parse_bool, run_command
 from llamafactory.data.processors import pretrain_batch
-from llamafactory.ddm import (
-    DiffusionLM,
-    SamplingConfig,
-    load_diffusion_lm,
-    nll_per_token,
-    nll_totals,
-    sample,
-    sequence_nll,
-)
+from llamafactory.ddm import framing_tokens, load_diffusion_lm, nll_totals
 from llamafactory.errors import UserInputError
-from llamafactory.model.generation import generate_continuations
-from llamafactory.model.tokenizer import framing_tokens
 from llamafactory.utils.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
-compare = tiny_module("compare")  # Example, span batching, greedy span filling, steps parsing
 
 # The generation sampler, pinned here rather than left to defaults: plain ancestral sampling from each
 # model's distribution (no temperature, no nucleus), as generative perplexity is usually measured, so
 # that it scores the models rather than a truncation of them; random unmasking order (DiffuGPT's default).
 SAMPLER = {"strategy": "random", "temperature": 1.0, "top_p": None, "greedy": False}
+# Infilling: greedy, most confident first, one reverse step per token.
+INFILL = Decoding(strategy="topk", temperature=1.0, top_p=None, greedy=True)
 CONDITIONS = ("unconditional", "prefix")
 SENTENCE = re.compile(r"[^.!?]+[.!?]")
 WORD = re.compile(r"\S+")
@@ -90,21 +83,6 @@ def row_seed(seed: int, condition: int, row: int) -> int:
     return (seed * 1_000 + condition) * 100_000 + row
 
 
-@torch.no_grad()
-def ar_nll(model: PreTrainedModel, sequences: Sequence[Sequence[int]], start: int, batch_size: int) -> tuple[float, int]:
-    """Summed NLL (nats) of the tokens from position ``start`` on, each given all tokens before it, and their count."""
-    if len({len(s) for s in sequences}) > 1:
-        raise ValueError("ar_nll scores sequences of one length")
-    total, count = 0.0, 0
-    for first in range(0, len(sequences), batch_size):
-        ids = torch.tensor(sequences[first : first + batch_size])
-        logits = model(input_ids=ids).logits[:, start - 1 : -1].float()
-        targets = ids[:, start:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
-        count += targets.numel()
-    return total, count
-
-
 def unigram_entropy(tokens: Sequence[int]) -> float:
     """Entropy (nats) of the token frequencies of one sequence."""
     counts = Counter(tokens)
@@ -112,10 +90,24 @@ def unigram_entropy(tokens: Sequence[int]) -> float:
     return -sum(c / size * math.log(c / size) for c in counts.values())
 
 
-def generation_quality(judge: PreTrainedModel, prompts: list[list[int]], generated: list[list[int]],
-                       batch_size: int) -> dict[str, float]:
+def summed_nll(engine: Engine, sequences: list[list[int]], given: int, *, steps: int = 1, seed: int = 0,
+               desc: str) -> tuple[float, int]:
+    """The NLL (nats) of the sequences' tokens after their first ``given``, summed, and their count."""
+    totals = nll_totals(engine.sequence_nll(sequences, given=given, steps=steps, seed=seed, desc=desc)).tolist()
+    return totals[0], int(totals[1])
+
+
+def likelihood(engine: Engine, windows: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
+    """NLL per token of the windows after their first token: exact for an AR model, the ELBO bound (``--levels``
+    noise levels, the run seed) for a diffusion model."""
+    nll, count = summed_nll(engine, windows, 1, steps=args.levels, seed=args.seed, desc="NLL")
+    return {"nll": nll / count, "perplexity": math.exp(nll / count), "tokens": count,
+            "bound": engine.kind == "diffusion"}
+
+
+def generation_quality(judge: Engine, prompts: list[list[int]], generated: list[list[int]]) -> dict[str, float]:
     """Generative perplexity of the generated tokens under ``judge`` (given their prompt) and mean unigram entropy."""
-    nll, count = ar_nll(judge, [p + g for p, g in zip(prompts, generated)], len(prompts[0]), batch_size)
+    nll, count = summed_nll(judge, [p + g for p, g in zip(prompts, generated)], len(prompts[0]), desc="gen ppl")
     return {"gen_ppl": math.exp(nll / count),
             "entropy": sum(unigram_entropy(g) for g in generated) / len(generated)}
 
@@ -150,27 +142,13 @@ def reference_text(task: GenerationTask, windows: list[list[int]]) -> tuple[list
     return [w[:cut] for w in rows], [w[cut:] for w in rows]
 
 
-def diffusion_samples(model: DiffusionLM, task: GenerationTask, steps: int, seed: int) -> list[list[int]]:
-    """The tokens after each prompt, sampled in ``steps`` reverse steps with the pinned sampler."""
-    rows, width = len(task.prompts), len(task.prompts[0])
-    ids = torch.full((rows, task.length), model.mask_id)
-    ids[:, :width] = torch.tensor(task.prompts)
-    given = torch.zeros_like(ids, dtype=torch.bool)
-    given[:, :width] = True
-    config = SamplingConfig(steps=steps, shift=model.shift, **SAMPLER)
+def samples(engine: Engine, task: GenerationTask, seed: int, steps: int | None = None) -> list[list[int]]:
+    """The tokens after each prompt, sampled with the pinned sampler (no early stop); a diffusion engine
+    takes ``steps`` reverse steps (None: one per generated token)."""
     condition = CONDITIONS.index(task.condition)
-    generators = [torch.Generator().manual_seed(row_seed(seed, condition, row)) for row in range(rows)]
-    with tqdm(total=steps, desc=f"{task.condition} T={steps}", leave=False) as bar:
-        tokens = sample(model, ids.to(model.device), model.mask_id, config, src_mask=given.to(model.device),
-                        generator=generators, progress=bar.update).tokens
-    return tokens[:, width:].tolist()
-
-
-def ar_samples(model: PreTrainedModel, task: GenerationTask, seed: int, pad_id: int) -> list[list[int]]:
-    """Left-to-right samples with the same temperature and nucleus as the diffusion sampler (no early stop)."""
-    torch.manual_seed(row_seed(seed, CONDITIONS.index(task.condition), 0))
-    return generate_continuations(model, task.prompts, task.new_tokens, pad_id=pad_id, do_sample=True,
-                                  temperature=SAMPLER["temperature"], top_p=SAMPLER["top_p"])
+    requests = [FillRequest(prompt, task.new_tokens, steps=steps or task.new_tokens,
+                            seed=row_seed(seed, condition, row)) for row, prompt in enumerate(task.prompts)]
+    return engine.fill(requests, Decoding(**SAMPLER), desc=f"{task.condition} T={steps or 'n'}")
 
 
 def sentence_spans(text: str, span_words: int) -> list[list[tuple[int, int]]]:
@@ -193,14 +171,13 @@ def sentence_spans(text: str, span_words: int) -> list[list[tuple[int, int]]]:
 
 
 def infill_examples(tokenizer: Any, documents: list[str], count: int, span_words: int, context: int,
-                    seed: int) -> list[Any]:
+                    seed: int) -> list[Span]:
     """``count`` spans from distinct held-out sentences, each with up to ``context`` tokens on either side.
 
     The text before the span, the span and the text after it are tokenised apart at spaces, which is
     where the byte-level BPE splits anyway, so the three pieces are the tokens of the whole text.
     """
     eos = tokenizer.eos_token_id
-    encode = compare.Encoder(tokenizer).ids
     candidates = [(d, spans) for d, document in enumerate(documents) for spans in sentence_spans(document, span_words)]
     if len(candidates) < count:
         raise UserInputError(f"the held-out text has {len(candidates)} sentences with a {span_words}-word middle span, "
@@ -210,19 +187,18 @@ def infill_examples(tokenizer: Any, documents: list[str], count: int, span_words
     examples = []
     for d, (start, end) in picked:
         text = documents[d]
-        before = (eos, *encode(text[:start].rstrip(" ")))
-        after = (*encode(text[end:]), eos)
-        examples.append(compare.Example("middle", before[-context:], encode(text[start:end]), after[:context]))
+        before = (eos, *encode(tokenizer, text[:start].rstrip(" ")))
+        after = (*encode(tokenizer, text[end:]), eos)
+        examples.append(Span("middle", before[-context:], tuple(encode(tokenizer, text[start:end])), after[:context]))
     return examples
 
 
-def infilling(generate: Any, examples: list[Any], eos_id: int, batch_size: int, label: str) -> dict[str, float]:
-    """Token accuracy (position by position) and exact match of the filled spans, in percent."""
-    hits, outputs = compare.exact_match(generate, examples, eos_id, batch_size, label)
-    correct = sum(sum(a == b for a, b in zip(out, ex.target)) for out, ex in zip(outputs, examples))
-    tokens = sum(len(ex.target) for ex in examples)
-    return {"token_accuracy": 100.0 * correct / tokens, "exact_match": 100.0 * sum(hits) / len(hits),
-            "spans": len(examples), "tokens": tokens}
+def infilling(engine: Engine, spans: list[Span], eos_id: int) -> dict[str, float]:
+    """Token accuracy (position by position) and exact match of the greedily filled spans, in percent."""
+    outputs = fill_spans(engine, spans, INFILL, steps=None, desc=f"{engine.kind} infilling")
+    hits = exact_matches(outputs, spans, eos_id)
+    return {"token_accuracy": token_accuracy(outputs, spans), "exact_match": 100.0 * sum(hits) / len(hits),
+            "spans": len(spans), "tokens": sum(len(span.target) for span in spans)}
 
 
 def decode(tokenizer: Any, ids: Sequence[int]) -> str:
@@ -231,8 +207,11 @@ def decode(tokenizer: Any, ids: Sequence[int]) -> str:
 
 def measure_model(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    judge = AutoModelForCausalLM.from_pretrained(args.ar).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.ar)
+    # The AR model judges generative perplexity; as the measured model its holes run their full length
+    # (the model's own EOS does not stop them), as a diffusion model's do.
+    judge = AutoregressiveEngine(AutoModelForCausalLM.from_pretrained(args.ar), tokenizer, batch_size=args.batch_size,
+                                 sampling=True, stop_at_eos=False)
     documents = read_documents(args.data / "test.jsonl")
     windows = heldout_windows(tokenizer, documents, args.length)[: args.windows]
     tasks = generation_tasks(windows, tokenizer.eos_token_id, args.samples, args.prompt_tokens)
@@ -243,42 +222,36 @@ def measure_model(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens": args.prompt_tokens, "sampler": SAMPLER,
     }}
     generation: dict[str, dict[str, dict[str, float]]] = {task.condition: {} for task in tasks}
-    samples: dict[str, dict[str, str]] = {}
+    shown: dict[str, dict[str, str]] = {}
+
+    def show(task: GenerationTask, generated: list[list[int]]) -> None:
+        shown[task.condition] = {"prompt": decode(tokenizer, task.prompts[0]), "text": decode(tokenizer, generated[0])}
+
     if args.diffusion is None:
-        nll, count = ar_nll(judge, windows, 1, args.batch_size)
-        result.update(kind="autoregressive", checkpoint=str(args.ar),
-                      likelihood={"nll": nll / count, "perplexity": math.exp(nll / count), "tokens": count,
-                                  "bound": False})
-        result["infilling"] = infilling(compare.ar_generate(judge, tokenizer.pad_token_id), examples,
-                                        tokenizer.eos_token_id, args.batch_size, "AR infilling")
+        result.update(kind="autoregressive", checkpoint=str(args.ar), likelihood=likelihood(judge, windows, args))
+        result["infilling"] = infilling(judge, examples, tokenizer.eos_token_id)
         reference = {}
         for task in tasks:
-            generated = ar_samples(judge, task, args.seed, tokenizer.pad_token_id)
-            generation[task.condition]["ar"] = generation_quality(judge, task.prompts, generated, args.batch_size)
-            samples[task.condition] = {"prompt": decode(tokenizer, task.prompts[0]), "text": decode(tokenizer, generated[0])}
-            reference[task.condition] = generation_quality(judge, *reference_text(task, windows), args.batch_size)
+            generated = samples(judge, task, args.seed)
+            generation[task.condition]["ar"] = generation_quality(judge, task.prompts, generated)
+            show(task, generated)
+            reference[task.condition] = generation_quality(judge, *reference_text(task, windows))
         result["reference"] = reference
     else:
         model, _ = load_diffusion_lm(args.diffusion, device="cpu", shift=args.shift)
-        with tqdm(total=len(windows) * args.levels, desc="ELBO", leave=False) as bar:
-            scores = sequence_nll(model, windows, steps=args.levels, seed=args.seed, batch_size=args.batch_size,
-                                  prompt_lengths=[1] * len(windows), progress=bar.update)
-        totals = nll_totals(scores)
-        nll = nll_per_token(totals)
+        engine = DiffusionEngine(model, tokenizer, batch_size=args.batch_size)
         result.update(kind="diffusion", checkpoint=str(args.diffusion), shift=args.shift, anneal_steps=args.anneal_steps,
-                      likelihood={"nll": nll, "perplexity": math.exp(nll), "tokens": int(totals[1]), "bound": True})
-        result["infilling"] = infilling(compare.diffusion_generate(model, None, "topk"), examples,
-                                        tokenizer.eos_token_id, args.batch_size, "diffusion infilling")
+                      likelihood=likelihood(engine, windows, args))
+        result["infilling"] = infilling(engine, examples, tokenizer.eos_token_id)
         for task in tasks:
             for steps in args.steps:
-                label = "n" if steps is None else str(steps)
-                generated = diffusion_samples(model, task, steps or task.new_tokens, args.seed)
-                generation[task.condition][label] = generation_quality(judge, task.prompts, generated, args.batch_size)
+                generated = samples(engine, task, args.seed, steps)
+                generation[task.condition]["n" if steps is None else str(steps)] = generation_quality(
+                    judge, task.prompts, generated)
                 if steps is None:
-                    samples[task.condition] = {"prompt": decode(tokenizer, task.prompts[0]),
-                                               "text": decode(tokenizer, generated[0])}
+                    show(task, generated)
     result["generation"] = generation
-    result["samples"] = samples
+    result["samples"] = shown
     return result
 
 
@@ -303,13 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=48, help="tokens given on each side of a span (default 48)")
     parser.add_argument("--samples", type=int, default=16, help="generated sequences per condition and T (default 16)")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens of a held-out prefix (default 32)")
-    parser.add_argument("--steps", type=compare.parse_steps, default=compare.parse_steps("16,64,n"),
+    parser.add_argument("--steps", default="16,64,n",
                         help="reverse steps T of generation; n = one per generated token (default 16,64,n)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default 64)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def action() -> None:
+        args.steps = parse_steps(args.steps)
         result = measure_model(args)
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
         like, infill = result["likelihood"], result["infilling"]

@@ -1,9 +1,10 @@
 """Compare the AR model with the diffusion models on the tiny pipeline's held-out tasks.
 
-(a) middle-span infilling, (b) prefix completion, (c) the fine-tuned task (reversal). The diffusion
-models fill the masked span with ``llamafactory.ddm.sample`` (greedy, most-confident-first) at each
-number of steps T, seeing the context on both sides; the AR model decodes greedily left to right and
-sees only what precedes the span. Every item scores 1 when the generated span equals the gold one.
+(a) middle-span infilling, (b) prefix completion, (c) the fine-tuned task (reversal). Every model is
+measured through the evaluation's engines (``dlm_eval``): the diffusion models fill the masked span with
+the core sampler (greedy, most-confident-first) at each number of steps T, seeing the context on both
+sides; the AR model decodes greedily left to right, sees only what precedes the span and runs the span's
+full length. Every item scores 1 when the generated span equals the gold one up to end-of-text.
 
     python compare.py --data output/tiny/data --ar output/tiny/pt --diffusion output/tiny/ddm \
         --sft output/tiny/ddm-sft --out ../example_output
@@ -14,18 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llamafactory.ddm import DiffusionLM, SamplingConfig, load_diffusion_lm, sample
-from llamafactory.model.generation import generate_continuations
+from dlm_eval import AutoregressiveEngine, Decoding, DiffusionEngine
+from dlm_eval.engine import Engine
+from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps
+from dlm_eval.text import encode
+from llamafactory.command_line import run_command
+from llamafactory.ddm import load_diffusion_lm
+from llamafactory.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -36,133 +42,55 @@ SFT_NAME = "diffusion (ddm-sft)"
 TASKS = {"infill": "(a) infilling", "complete": "(b) completion", "reverse": "(c) reversal"}
 
 
-@dataclass(frozen=True)
-class Example:
-    """One test item as token ids: given ``before``, a ``target`` span to generate, given ``after``."""
-
-    kind: str
-    before: tuple[int, ...]
-    target: tuple[int, ...]
-    after: tuple[int, ...] = ()
-
-
 def read_jsonl(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
-        raise SystemExit(f"test set {path} does not exist; run synthetic.py first")
+        raise UserInputError(f"test set {path} does not exist; run synthetic.py first")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Encoder:
-    """Turns test records into examples; a record starts after an end-of-text token, as in the corpus."""
+    """Turns test records into spans; a record starts after an end-of-text token, as in the corpus."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
     def ids(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+        return tuple(encode(self.tokenizer, text))
 
-    def infill(self, row: dict[str, str]) -> Example:
+    def infill(self, row: dict[str, str]) -> Span:
         eos = self.tokenizer.eos_token_id
-        return Example(row["kind"], (eos, *self.ids(row["prefix"])), self.ids(row["middle"]),
-                       (*self.ids(row["suffix"]), eos))
+        return Span(row["kind"], (eos, *self.ids(row["prefix"])), self.ids(row["middle"]),
+                    (*self.ids(row["suffix"]), eos))
 
-    def completion(self, row: dict[str, str]) -> Example:
-        return Example(row["kind"], (self.tokenizer.eos_token_id, *self.ids(row["prefix"])), self.ids(row["target"]))
+    def completion(self, row: dict[str, str]) -> Span:
+        return Span(row["kind"], (self.tokenizer.eos_token_id, *self.ids(row["prefix"])), self.ids(row["target"]))
 
-    def reverse_as_text(self, row: dict[str, str]) -> Example:
+    def reverse_as_text(self, row: dict[str, str]) -> Span:
         """The reversal as a corpus record ("reverse k q z gives"), for the pre-trained models."""
-        return Example("reverse", (self.tokenizer.eos_token_id, *self.ids(row["prompt"])), self.ids(row["response"]))
+        return Span("reverse", (self.tokenizer.eos_token_id, *self.ids(row["prompt"])), self.ids(row["response"]))
 
-    def reverse_as_ar_sft(self, row: dict[str, str]) -> Example:
+    def reverse_as_ar_sft(self, row: dict[str, str]) -> Span:
         """The sft layout ``<bos> prompt response <eos>``: the answer must end with ``<eos>``."""
         tok = self.tokenizer
-        return Example("reverse", (tok.bos_token_id, *self.ids(row["prompt"])), (*self.ids(row["response"]), tok.eos_token_id))
+        return Span("reverse", (tok.bos_token_id, *self.ids(row["prompt"])), (*self.ids(row["response"]), tok.eos_token_id))
 
-    def reverse_as_sft(self, row: dict[str, str], length: int) -> Example:
+    def reverse_as_sft(self, row: dict[str, str], length: int) -> Span:
         """The ddm-sft layout ``<bos> prompt <sep> response <eos> <pad>...`` of ``length`` tokens."""
         tok = self.tokenizer
         before = (tok.bos_token_id, *self.ids(row["prompt"]), tok.sep_token_id)
         target = (*self.ids(row["response"]), tok.eos_token_id)
         if len(before) + len(target) > length:
-            raise SystemExit(f"--sft-length {length} is too short for {row['prompt']!r}")
-        return Example("reverse", before, target + (tok.pad_token_id,) * (length - len(before) - len(target)))
+            raise UserInputError(f"--sft-length {length} is too short for {row['prompt']!r}")
+        return Span("reverse", before, target + (tok.pad_token_id,) * (length - len(before) - len(target)))
 
 
-def answer(tokens: Sequence[int], eos_id: int) -> tuple[int, ...]:
-    """The tokens before the first end-of-text token (all of them when there is none)."""
-    tokens = tuple(tokens)
-    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
-
-
-def groups(examples: Sequence[Example], batch_size: int) -> Iterable[list[int]]:
-    """Indices of examples in batches of equal shape, so that no padding is needed."""
-    by_shape: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-    for index, example in enumerate(examples):
-        by_shape[(len(example.before), len(example.target), len(example.after))].append(index)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch_size):
-            yield indices[start : start + batch_size]
-
-
-Generator = Callable[[list[Example]], list[tuple[int, ...]]]
-
-
-def ar_generate(model: PreTrainedModel, pad_id: int) -> Generator:
-    """Greedy left-to-right decoding of ``len(target)`` tokens from ``before`` alone (no early stop)."""
-
-    def generate(batch: list[Example]) -> list[tuple[int, ...]]:
-        generated = generate_continuations(model, [e.before for e in batch], len(batch[0].target), pad_id=pad_id)
-        return [tuple(row) for row in generated]
-
-    return generate
-
-
-def diffusion_generate(model: DiffusionLM, steps: int | None, strategy: str) -> Generator:
-    """Reverse diffusion over the masked span with both sides given; ``steps=None`` means one per token."""
-
-    def generate(batch: list[Example]) -> list[tuple[int, ...]]:
-        first = batch[0]
-        span = slice(len(first.before), len(first.before) + len(first.target))
-        ids = torch.tensor([(*e.before, *(model.mask_id,) * len(e.target), *e.after) for e in batch])
-        given = torch.ones_like(ids, dtype=torch.bool)
-        given[:, span] = False
-        config = SamplingConfig(steps=steps or len(first.target), greedy=True, top_p=None, temperature=1.0,
-                                strategy=strategy, shift=model.shift)
-        tokens = sample(model, ids.to(model.device), model.mask_id, config, src_mask=given.to(model.device)).tokens
-        return [tuple(row) for row in tokens[:, span].tolist()]
-
-    return generate
-
-
-def exact_match(
-    generate: Generator, examples: Sequence[Example], eos_id: int, batch_size: int, label: str
-) -> tuple[list[bool], list[tuple[int, ...]]]:
-    """Per-example hits and generated spans, in the order of ``examples``."""
-    outputs: list[tuple[int, ...]] = [()] * len(examples)
-    batches = list(groups(examples, batch_size))
-    for indices in tqdm(batches, desc=label, leave=False):
-        for index, generated in zip(indices, generate([examples[i] for i in indices])):
-            outputs[index] = generated
-    hits = [answer(out, eos_id) == answer(ex.target, eos_id) for out, ex in zip(outputs, examples)]
-    return hits, outputs
+def greedy(strategy: str) -> Decoding:
+    """Greedy decoding, fixing masked positions in the order of ``strategy``; AR engines decode greedily anyway."""
+    return Decoding(greedy=True, top_p=None, temperature=1.0, strategy=strategy)
 
 
 def percent(hits: Sequence[bool]) -> float:
     return round(100.0 * sum(hits) / max(1, len(hits)), 1)
-
-
-def parse_steps(text: str) -> list[int | None]:
-    """``"1,4,16,n"`` -> ``[1, 4, 16, None]``; ``n`` stands for one step per generated token."""
-    values: list[int | None] = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "n":
-            values.append(None)
-        elif item.isdigit() and int(item) > 0:
-            values.append(int(item))
-        else:
-            raise SystemExit(f"--steps: expected positive integers or 'n' separated by commas, got {item!r}")
-    return values
 
 
 def steps_label(steps: int | None) -> str:
@@ -178,11 +106,11 @@ class Evaluation:
     samples: list[dict[str, str]]
 
 
-def evaluate(args: argparse.Namespace) -> Evaluation:
-    ar_model = AutoModelForCausalLM.from_pretrained(args.ar).eval()
+def evaluate(args: argparse.Namespace, steps: list[int | None]) -> Evaluation:
     tokenizer = AutoTokenizer.from_pretrained(args.ar)
     encoder = Encoder(tokenizer)
     eos = tokenizer.eos_token_id
+    decoding = greedy(args.strategy)
     rows = {name: read_jsonl(args.data / f"test_{name}.jsonl")[: args.limit] for name in TASKS}
     sets = {
         "infill": [encoder.infill(row) for row in rows["infill"]],
@@ -193,38 +121,50 @@ def evaluate(args: argparse.Namespace) -> Evaluation:
     by_kind: dict[tuple[str, str], dict[str, float]] = {}
     outputs: dict[tuple[str, str], list[tuple[int, ...]]] = {}
 
-    def run(model_name: str, decoding: str, generate: Generator, task: str, examples: list[Example]) -> None:
-        hits, generated = exact_match(generate, examples, eos, args.batch_size, f"{model_name} {decoding} {task}")
-        scores[(model_name, decoding)][task] = percent(hits)
+    def run(model_name: str, label: str, engine: Engine, model_steps: int | None, task: str,
+            spans: list[Span]) -> None:
+        generated = fill_spans(engine, spans, decoding, steps=model_steps, desc=f"{model_name} {label} {task}")
+        hits = exact_matches(generated, spans, eos)
+        scores[(model_name, label)][task] = percent(hits)
         if task == "infill":
-            by_kind[(model_name, decoding)] = {
-                kind: percent([h for h, e in zip(hits, examples) if e.kind == kind])
-                for kind in sorted({e.kind for e in examples})
+            by_kind[(model_name, label)] = {
+                kind: percent([h for h, e in zip(hits, spans) if e.kind == kind])
+                for kind in sorted({e.kind for e in spans})
             }
-            outputs[(model_name, decoding)] = generated
-        logger.info("%-20s %-14s %-9s %5.1f%%", model_name, decoding, task, percent(hits))
+            outputs[(model_name, label)] = generated
+        logger.info("%-20s %-14s %-9s %5.1f%%", model_name, label, task, percent(hits))
 
-    ar_decoding = "greedy, prefix only"
-    for task, examples in sets.items():
-        run(AR_NAME, ar_decoding, ar_generate(ar_model, tokenizer.pad_token_id), task, examples)
+    def ar_engine(path: Path) -> Engine:
+        """Greedy, every span generated to its full length (the model's own EOS does not stop it)."""
+        model = AutoModelForCausalLM.from_pretrained(path)
+        return AutoregressiveEngine(model, tokenizer, batch_size=args.batch_size, stop_at_eos=False)
+
+    def diffusion_engine(path: Path) -> Engine:
+        model, own_tokenizer = load_diffusion_lm(path, device="cpu")
+        return DiffusionEngine(model, own_tokenizer, batch_size=args.batch_size)
+
+    ar_label = "greedy, prefix only"
+    base = ar_engine(args.ar)
+    for task, spans in sets.items():
+        run(AR_NAME, ar_label, base, None, task, spans)
     if args.ar_sft is not None:
-        tuned_ar = AutoModelForCausalLM.from_pretrained(args.ar_sft).eval()
-        run(AR_SFT_NAME, "greedy", ar_generate(tuned_ar, tokenizer.pad_token_id), "reverse", [encoder.reverse_as_ar_sft(r) for r in rows["reverse"]])
-    diffusion, _ = load_diffusion_lm(args.diffusion, device="cpu")
-    for steps in args.steps:
-        for task, examples in sets.items():
-            run(DDM_NAME, steps_label(steps), diffusion_generate(diffusion, steps, args.strategy), task, examples)
+        run(AR_SFT_NAME, "greedy", ar_engine(args.ar_sft), None, "reverse",
+            [encoder.reverse_as_ar_sft(r) for r in rows["reverse"]])
+    diffusion = diffusion_engine(args.diffusion)
+    for count in steps:
+        for task, spans in sets.items():
+            run(DDM_NAME, steps_label(count), diffusion, count, task, spans)
     if args.sft is not None:
-        tuned, _ = load_diffusion_lm(args.sft, device="cpu")
-        sft_examples = [encoder.reverse_as_sft(row, args.sft_length) for row in rows["reverse"]]
-        for steps in args.steps:
-            run(SFT_NAME, steps_label(steps), diffusion_generate(tuned, steps, args.strategy), "reverse", sft_examples)
-    best = (DDM_NAME, steps_label(args.steps[-1]))
+        tuned = diffusion_engine(args.sft)
+        sft_spans = [encoder.reverse_as_sft(row, args.sft_length) for row in rows["reverse"]]
+        for count in steps:
+            run(SFT_NAME, steps_label(count), tuned, count, "reverse", sft_spans)
+    best = (DDM_NAME, steps_label(steps[-1]))
     samples = [
         {
             "given": f"{row['prefix']} ____ {row['suffix']}",
             "gold": row["middle"],
-            AR_NAME: tokenizer.decode(outputs[(AR_NAME, ar_decoding)][i]).strip(),
+            AR_NAME: tokenizer.decode(outputs[(AR_NAME, ar_label)][i]).strip(),
             f"{DDM_NAME}, {best[1]}": tokenizer.decode(outputs[best][i]).strip(),
         }
         for i, row in enumerate(rows["infill"][: args.show])
@@ -254,7 +194,7 @@ def markdown(evaluation: Evaluation, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with test_infill/complete/reverse.jsonl")
     parser.add_argument("--ar", type=Path, required=True, help="the AR checkpoint (output of stage pt)")
@@ -262,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diffusion", type=Path, required=True, help="the adapted checkpoint (output of stage ddm)")
     parser.add_argument("--sft", type=Path, help="the fine-tuned checkpoint (output of stage ddm-sft)")
     parser.add_argument("--sft-length", type=int, default=24, help="cutoff_len of the ddm-sft stage (default 24)")
-    parser.add_argument("--steps", type=parse_steps, default=parse_steps("1,4,16,n"),
+    parser.add_argument("--steps", default="1,4,16,n",
                         help="diffusion steps T to compare; 'n' = one per generated token (default 1,4,16,n)")
     parser.add_argument("--strategy", choices=("confidence", "topk", "random"), default="confidence",
                         help="which masked positions to fix at each step (default confidence: most confident first)")
@@ -272,16 +212,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for results.md and results.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.manual_seed(0)
-    evaluation = evaluate(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    note = (f"Held-out synthetic records ({args.limit or 'all'} per task). Diffusion: greedy, "
-            f"strategy `{args.strategy}`, T diffusion steps; AR: greedy decoding given the prefix only.")
-    (args.out / "results.md").write_text(markdown(evaluation, note))
-    flat = {f"{model} | {decoding}": by_task for (model, decoding), by_task in evaluation.scores.items()}
-    (args.out / "results.json").write_text(json.dumps(flat, indent=2) + "\n")
-    logger.info("wrote %s", args.out / "results.md")
+
+    def action() -> None:
+        steps = parse_steps(args.steps)
+        torch.manual_seed(0)
+        evaluation = evaluate(args, steps)
+        args.out.mkdir(parents=True, exist_ok=True)
+        note = (f"Held-out synthetic records ({args.limit or 'all'} per task). Diffusion: greedy, "
+                f"strategy `{args.strategy}`, T diffusion steps; AR: greedy decoding given the prefix only.")
+        (args.out / "results.md").write_text(markdown(evaluation, note))
+        flat = {f"{model} | {decoding}": by_task for (model, decoding), by_task in evaluation.scores.items()}
+        (args.out / "results.json").write_text(json.dumps(flat, indent=2) + "\n")
+        logger.info("wrote %s", args.out / "results.md")
+
+    return run_command(action)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

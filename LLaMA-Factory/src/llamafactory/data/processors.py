@@ -11,20 +11,11 @@ its end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ..ddm import FramingTokens
+
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class FramingTokens:
-    """Ids that frame a sequence (model.tokenizer.framing_tokens fills gaps with EOS)."""
-
-    bos: int
-    eos: int
-    pad: int
-    sep: int
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:

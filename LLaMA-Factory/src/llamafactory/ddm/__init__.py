@@ -4,6 +4,7 @@ Plain functions and one ``nn.Module`` over torch and transformers; nothing here 
 Trainers or YAML.
 """
 
+from .autoregressive import generate_continuations
 from .checkpoints import (
     apply_adapters,
     check_window,
@@ -22,6 +23,7 @@ from .checkpoints import (
     save_diffusion_checkpoint,
     tokenizer_problem,
 )
+from .framing import FramingTokens, framing_tokens
 from .generate import GenerateOutput, generate
 from .model import (
     DiffusionLM,
@@ -63,7 +65,8 @@ __all__ = [
     "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio",
     "annealed_attention_mask", "annealed_steps", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
     "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
-    "generate", "GenerateOutput", "generation_length", "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
+    "FramingTokens", "framing_tokens", "generate", "generate_continuations", "GenerateOutput", "generation_length",
+    "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
     "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
     "noise_seed", "position_limit", "predicting_output", "record_generation_length", "record_mask_id",

@@ -2,9 +2,9 @@
 
 from .adapter import log_parameters, setup_finetuning
 from .loader import compute_dtype, load_base_model, load_model
-from .tokenizer import diffusion_special_tokens, framing_tokens, load_run_tokenizer
+from .tokenizer import diffusion_special_tokens, load_run_tokenizer
 
 __all__ = [
-    "compute_dtype", "diffusion_special_tokens", "framing_tokens", "load_base_model", "load_model",
+    "compute_dtype", "diffusion_special_tokens", "load_base_model", "load_model",
     "load_run_tokenizer", "log_parameters", "setup_finetuning",
 ]

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ..data import FramingTokens
 from ..ddm import (
     SpecialTokens,
     add_known_tokens,
@@ -80,22 +79,3 @@ def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialT
     grow_embeddings(model, len(tokenizer))
     return resolve()
 
-
-def _first(*candidates: int | None) -> int | None:
-    return next((c for c in candidates if c is not None), None)
-
-
-def framing_tokens(tokenizer: Any, special: SpecialTokens | None = None) -> FramingTokens:
-    """BOS / EOS / PAD / SEP for building sequences: the diffusion ids first, then the tokenizer's, then EOS."""
-    eos = _first(special and special.eos_id, tokenizer.eos_token_id)
-    if eos is None:
-        raise UserInputError("the tokenizer has no eos token; sequences cannot be terminated")
-    sep = _first(special and special.sep_id, tokenizer.sep_token_id)
-    if sep is None:
-        logger.info("no separator token known: using eos (id %d) between prompt and response", eos)
-    return FramingTokens(
-        bos=_first(special and special.bos_id, tokenizer.bos_token_id, eos),
-        eos=eos,
-        pad=_first(special and special.pad_id, tokenizer.pad_token_id, eos),
-        sep=_first(sep, eos),
-    )

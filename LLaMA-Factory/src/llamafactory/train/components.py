@@ -13,11 +13,10 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from ..data import DatasetSplits, SequenceCollator, load_raw_splits, load_tokenized, tokenize_splits
-from ..ddm import SpecialTokens, record_generation_length
+from ..ddm import SpecialTokens, framing_tokens, record_generation_length
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from ..model import (
     diffusion_special_tokens,
-    framing_tokens,
     load_model,
     load_run_tokenizer,
     log_parameters,

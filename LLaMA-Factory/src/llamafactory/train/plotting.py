@@ -7,9 +7,34 @@ import logging
 import math
 from pathlib import Path
 
+from ..errors import UserInputError
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+
+
+def trainer_state(output_dir: str | Path) -> Path:
+    """A run's final ``trainer_state.json``, else the one of its latest checkpoint."""
+    output_dir = Path(output_dir)
+    final = output_dir / TRAINER_STATE
+    if final.is_file():
+        return final
+    checkpoints = sorted(output_dir.glob(f"checkpoint-*/{TRAINER_STATE}"), key=lambda p: int(p.parent.name[11:]))
+    if not checkpoints:
+        raise UserInputError(f"{output_dir} holds no {TRAINER_STATE}; did the stage finish?")
+    return checkpoints[-1]
+
+
+def loss_history(output_dir: str | Path, key: str = "loss") -> list[tuple[int, float]]:
+    """``(step, value)`` for every logged step of a run: the training ``loss``, or another logged key
+    such as ``eval_loss``."""
+    history = json.loads(trainer_state(output_dir).read_text(encoding="utf-8"))["log_history"]
+    points = [(int(entry["step"]), float(entry[key])) for entry in history if key in entry]
+    if not points:
+        what = "training loss" if key == "loss" else key
+        raise UserInputError(f"{output_dir}: no {what} was logged (set logging_steps / eval_steps)")
+    return points
 
 
 def smooth(values: list[float], weight: float = 0.6) -> list[float]:

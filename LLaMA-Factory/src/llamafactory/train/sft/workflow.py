@@ -7,8 +7,8 @@ from typing import Any
 from transformers import Seq2SeqTrainer, TrainerCallback
 
 from ...data import IGNORE_INDEX
+from ...ddm import generate_continuations
 from ...hparams import DataArguments, FinetuningArguments, GeneratingArguments, ModelArguments, TrainingArguments
-from ...model.generation import generate_continuations
 from ..components import RunComponents
 from ..predictions import Prediction, run_prediction
 from ..trainer_utils import run_workflow

@@ -1,5 +1,7 @@
 """Left-to-right generation from an autoregressive model: the one decoder that the ``sft`` stage's
-prediction, the evaluation's AR baselines and the examples use (transformers' ``generate``, batched)."""
+prediction, the evaluation's AR baselines and the examples use (transformers' ``generate``, batched).
+
+It sits beside the diffusion core so that AR baselines and diffusion models are decoded from one public API."""
 
 from __future__ import annotations
 
