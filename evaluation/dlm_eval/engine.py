@@ -6,13 +6,14 @@ sampler) and :class:`~dlm_eval.ar_engine.AutoregressiveEngine` (AR baselines).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from transformers import PretrainedConfig
 
-from llamafactory.ddm import SamplingConfig
+from llamafactory.ddm import SamplingConfig, position_limit
 
 # How a diffusion sampler picks tokens: the core's settings (docs/design.md#sampling), one per model family and
 # task; its ``steps`` are taken from each FillRequest. AR baselines always decode greedily.
@@ -84,9 +85,7 @@ class Engine(Protocol):
 
 
 def window(config: PretrainedConfig) -> int:
-    """The model's maximum sequence length from its config."""
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if value:
-            return int(value)
-    return 2048
+    """The longest sequence the engines give the model: the core's ``position_limit``; a config that names no
+    limit is never cut (as the core's ``check_window`` never refuses it)."""
+    limit = position_limit(config)
+    return sys.maxsize if limit is None else limit

@@ -242,3 +242,13 @@ def test_fast_generation_flags_reach_every_task_decoding():
     assert flags.decoding(Decoding(temperature=0.9), temperature=1.0, strategy="topk") == \
         Decoding(temperature=1.0, top_p=None, greedy=True, strategy="threshold", block_length=4, cache="dual")
 
+
+
+def test_engine_window_is_the_core_position_limit():
+    from transformers import GPT2Config, LlamaConfig, PretrainedConfig
+
+    from dlm_eval.engine import window
+
+    assert window(GPT2Config(n_positions=96)) == 96
+    assert window(LlamaConfig(max_position_embeddings=64)) == 64
+    assert window(PretrainedConfig()) > 10**9  # no position table named: never cut
