@@ -48,6 +48,16 @@ class FinetuningArguments:
         default=None,
         metadata={"help": "Optimiser steps over which attention opens up; 0 or 1: none (default: 10000 ddm, 1 ddm-sft)."},
     )
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Block diffusion: blocks of this many tokens, left to right, diffusion inside each, "
+                          "block-causal attention (docs/design.md#block-diffusion). Unset: full-sequence diffusion."},
+    )
+    allow_block_size_change: bool = field(
+        default=False,
+        metadata={"help": "Let a model whose config records a block_size be trained or evaluated with another "
+                          "block_size (or none), or a full-sequence model be evaluated with one."},
+    )
     diffusion_steps: int = field(
         default=64, metadata={"help": "Noise levels for the evaluation ELBO and reverse steps for prediction."}
     )

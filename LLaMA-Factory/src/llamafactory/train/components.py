@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from ..data import DatasetSplits, SequenceCollator, load_raw_splits, load_tokenized, tokenize_splits
 from ..ddm import SpecialTokens, framing_tokens, record_generation_length
+from ..ddm.checkpoints import record_block_size, recorded_block_size
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from ..model import (
     diffusion_special_tokens,
@@ -56,6 +57,8 @@ def prepare_components(model_args: ModelArguments, data_args: DataArguments, tra
         model = load_model(model_args, finetuning_args, training_args)
     if finetuning_args.is_diffusion:
         record_generation_length(model.config, data_args.cutoff_len)
+        if finetuning_args.block_size is not None or recorded_block_size(model.config) is not None:
+            record_block_size(model.config, finetuning_args.block_size)  # saved with every checkpoint
     model = setup_finetuning(model, model_args, finetuning_args, is_trainable=training_args.do_train)
     if training_args.should_log:
         log_parameters(model, model_args.print_param_status)

@@ -3,8 +3,8 @@
 ``get_train_args`` judges the config alone; these look at the disk (and may resolve Hub ids): the output
 folder (not empty without overwrite, writable), dataset files, the model (readable weights, a window that
 holds ``cutoff_len``), ``checkpoint_dir``, adapters and ``resume_from_checkpoint`` (a complete checkpoint).
-They also refuse combinations of settings that would only fail once training runs (annealing with an
-attention kernel that takes no 4D mask).
+They also refuse combinations of settings that would only fail once training runs (annealing or a block
+size with an attention kernel that takes no 4D mask) and a block size that contradicts the model's own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data import get_template, has_tokenized_data
 from ..data.registry import check_datasets
-from ..ddm import annealed_steps, check_window, detect_layout
+from ..ddm import annealed_steps, check_window, detect_layout, is_adapter_dir
+from ..ddm.attention import check_block_kernel, check_block_size
+from ..ddm.checkpoints import recorded_block_size
 from ..ddm.checkpoints.loading import checked_weight_files
 from ..errors import UserInputError
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
@@ -70,6 +72,7 @@ def check_run_inputs(model_args: ModelArguments, data_args: DataArguments, train
     for adapter in model_args.adapters:
         resolve_checkpoint_dir(adapter)
     check_sequence_length(base, data_args, model_args)
+    check_block_diffusion(base, model_args, training_args, finetuning_args)
     check_zero3_loading(model_args, base, training_args)
 
 
@@ -78,6 +81,46 @@ def check_sequence_length(base: Path, data_args: DataArguments, model_args: Mode
     if (base / "config.json").is_file():
         config = AutoConfig.from_pretrained(base, trust_remote_code=model_args.trust_remote_code)
         check_window(config, data_args.cutoff_len, f"cutoff_len {data_args.cutoff_len}")
+
+
+def check_block_diffusion(base: Path, model_args: ModelArguments, training_args: TrainingArguments,
+                          finetuning_args: FinetuningArguments) -> None:
+    """``block_size``: an integer >= 1 for a diffusion stage, a kernel that takes the block-causal mask, and
+    agreement with the block size the model's config records (docs/design.md#block-diffusion).
+
+    Adapting a full-sequence diffusion model or an AR model into a block model (``do_train``) is the point of
+    the key; a block model keeps its block size, and a full-sequence model is not evaluated as a block model,
+    unless ``allow_block_size_change`` says so.
+    """
+    block_size = check_block_size(finetuning_args.block_size)
+    if not finetuning_args.is_diffusion:
+        if block_size is not None:
+            raise UserInputError(f"block_size {block_size} applies to the diffusion stages ddm and ddm-sft, "
+                                 f"not stage {finetuning_args.stage}: remove it")
+        return
+    source = base  # the weights trained: checkpoint_dir's, unless it is an adapter over the base model
+    if model_args.checkpoint_dir and not is_adapter_dir(checkpoint := resolve_checkpoint_dir(model_args.checkpoint_dir)):
+        source = checkpoint
+    config = None
+    if (source / "config.json").is_file():
+        config = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    if block_size is not None:
+        check_block_kernel(model_args.attn_implementation, config.model_type if config else "this model")
+    recorded = recorded_block_size(config) if config is not None else None
+    if finetuning_args.allow_block_size_change or recorded == block_size:
+        return
+    if recorded is not None:
+        raise UserInputError(
+            f"{source} is a block-diffusion model (its config.json records block_size {recorded}) but the run "
+            f"sets block_size {block_size}: set block_size: {recorded}, or allow_block_size_change: true to "
+            "train it with another block size"
+        )
+    if not training_args.do_train:
+        raise UserInputError(
+            f"{source} is a full-sequence diffusion model (its config.json records no block_size), so evaluating "
+            f"or predicting with block_size {block_size} uses attention it was never trained with: train it with "
+            "block_size (do_train: true) first, remove block_size, or set allow_block_size_change: true"
+        )
 
 
 def check_zero3_loading(model_args: ModelArguments, base: Path, training_args: TrainingArguments) -> None:

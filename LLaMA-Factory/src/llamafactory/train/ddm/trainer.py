@@ -1,13 +1,14 @@
 """The Trainer of the diffusion stages: the core loss, attention annealing, reproducible noise, ELBO eval.
 
 * ``compute_loss`` is ``llamafactory.ddm.training_loss`` with ``anneal = anneal_ratio(global_step, anneal_steps)``;
-  after annealing no mask tensor is built at all.
+  after annealing no mask tensor is built at all. With ``block_size`` it is the block-diffusion loss
+  (docs/design.md#block-diffusion); the collator's padding (unpacked ``ddm`` rows) is then hidden.
 * The noise of every micro-batch comes from a generator seeded by (seed, optimiser step, micro-batch,
   process), so a run resumed from a checkpoint draws exactly the noise the uninterrupted run would have.
 * Logs add ``unweighted_loss`` (masked CE without the 1/t weights) and ``anneal_ratio``.
 * checkpoints appear only when complete (``train/checkpoints.py``).
 * ``evaluate`` reports the deterministic ELBO estimate of ``llamafactory.ddm.sequence_nll`` over
-  ``diffusion_steps`` levels: ``eval_loss`` (nats per scored token) and ``eval_perplexity``.
+  ``diffusion_steps`` levels (the block bound under ``block_size``): ``eval_loss`` (nats per scored token) and ``eval_perplexity``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
         result = training_loss(
             model, input_ids, self.special_tokens.mask_id, src_mask=inputs.get("src_mask"),
             shift=self.finetuning_args.shift, anneal=ratio, generator=self._noise_generator(input_ids.device),
+            block_size=self.finetuning_args.block_size, attention_mask=self._collator_padding(inputs),
         )
         if model.training:
             detached = result.unweighted_loss.detach()
@@ -78,6 +80,18 @@ class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
             self._unweighted_count += 1
             self._last_ratio = ratio
         return (result.loss, None) if return_outputs else result.loss
+
+    def _collator_padding(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The batch's 2D padding mask under a block size when the collator padded a row, else None.
+
+        ddm-sft rows are ``cutoff_len`` long with their PAD tokens as targets, packed rows have no padding: both
+        attend to every column as without a block size. Only unpacked ``ddm`` rows of unequal length get
+        collator padding, which a block size hides from attention, noise and loss (docs/design.md#block-diffusion).
+        """
+        padding = inputs.get("attention_mask")
+        if self.finetuning_args.block_size is None or padding is None or bool(padding.all()):
+            return None
+        return padding
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._unweighted_sum is not None:
@@ -89,11 +103,12 @@ class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
         super().log(logs, start_time)
 
     def diffusion_model(self) -> DiffusionLM:
-        """The trained model as a denoiser (bidirectional, shift as configured), on the training device."""
+        """The trained model as a denoiser (bidirectional, shift and block size as configured), on the training device."""
         model = self.model
         if not is_deepspeed_zero3_enabled() and next(model.parameters()).device != self.args.device:
             model = model.to(self.args.device)
-        return DiffusionLM(model, self.special_tokens, shift=self.finetuning_args.shift).eval()
+        return DiffusionLM(model, self.special_tokens, shift=self.finetuning_args.shift,
+                           block_size=self.finetuning_args.block_size).eval()
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
