@@ -245,9 +245,9 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
         prompts = _prompts(body.prompt)
         rows = engine.jobs(prompts, suffix=body.suffix, n=body.n, seed=body.seed, stops=body.stops(),
                            max_tokens=body.max_tokens, fields=fields(body))
-        jobs = [job for prompt_jobs in rows for job in prompt_jobs]
         prompt_tokens = sum(len(prompt_jobs[0].prompt) + len(prompt_jobs[0].suffix) for prompt_jobs in rows)
-        opening = [engine.decode(job.prompt[1:]) if body.echo else "" for job in jobs]
+        opening = [(prompt if isinstance(prompt, str) else engine.decode(prompt)) if body.echo else ""
+                   for prompt in prompts for _ in range(body.n)]
 
         def chunk(index: int, text: str, reason: str | None) -> dict:
             return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}

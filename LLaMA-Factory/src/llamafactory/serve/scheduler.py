@@ -46,6 +46,7 @@ class Scheduler:
         self.wake = threading.Condition()
         self.stopped = False
         self.steps = 0
+        self.peak_rows = 0  # most rows live at once (tests and benchmarks read it)
         self.thread = threading.Thread(target=self._run, name="ddm-serve-worker", daemon=True)
 
     def start(self) -> None:
@@ -78,6 +79,7 @@ class Scheduler:
                 admitted = self._take()
             try:
                 self._admit(admitted)
+                self.peak_rows = max(self.peak_rows, self.live_rows())
                 for cohort in list(self.cohorts):
                     self._step(cohort)
             except Exception as error:  # a defect must not stop the server: fail the rows in flight, keep serving
