@@ -1,4 +1,4 @@
-"""``llamafactory-cli``: train / export / version / env / help.
+"""``llamafactory-cli``: train / api / chat / export / version / env / help.
 
 ``train`` runs in this process, or relaunches itself through torchrun when ``FORCE_TORCHRUN=1`` is set or
 more than one GPU is visible; torchrun is then configured from ``NNODES``, ``NODE_RANK``,
@@ -21,6 +21,8 @@ USAGE = f"""llamafactory-cli {__version__}: diffusion LMs adapted from autoregre
 
 usage:
   llamafactory-cli train CONFIG.yaml [key=value ...]   train / evaluate / predict as the config says
+  llamafactory-cli api CONFIG.yaml [key=value ...]     serve the config's model over an OpenAI-compatible HTTP API
+  llamafactory-cli chat CONFIG.yaml [key=value ...]    chat with the config's model in the terminal
   llamafactory-cli export --model_name_or_path SRC --export_dir DIR [--self-contained] [--overwrite]
                                                        write SRC as a Hugging Face-native model (see export --help)
   llamafactory-cli version                             print the version
@@ -35,6 +37,11 @@ environment:
   NPROC_PER_NODE       processes per node (default: number of GPUs, or 1)
   NNODES, NODE_RANK    multi-node layout (default 1, 0)
   MASTER_ADDR, MASTER_PORT  rendezvous address (default 127.0.0.1, a free port)
+  API_HOST, API_PORT   api: address to listen on (default 127.0.0.1, 8000)
+  API_KEY              api: require `Authorization: Bearer KEY`
+  API_MODEL_NAME       api: the model id clients send (default: the checkpoint folder's name)
+  API_MAX_BATCH, API_MAX_QUEUE, API_TIMEOUT, API_MAX_BODY  api: rows batched (32), rows waiting (256),
+                       seconds per request (600), bytes per body (1048576)
 """
 
 ENV_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "deepspeed", "flash-attn", "tokenizers",
@@ -114,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return train(argv)
+    if command in ("api", "chat"):
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0 if argv else 2
+        from .serve import launch
+
+        return run_command(lambda: (launch.serve if command == "api" else launch.chat)(argv))
     if command == "export":
         from .export import main as export_main
 

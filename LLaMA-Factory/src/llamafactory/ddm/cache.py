@@ -65,6 +65,21 @@ class DenoiserCalls:
         if self.cache is not None:
             self.cache.batch_select_indices(rows)
 
+    def admit(self, other: DenoiserCalls, rows: int, added: int) -> None:
+        """Append ``other``'s ``added`` batch rows after this batch's ``rows`` (mode ``none``, 2D padding masks;
+        a missing mask is all ones)."""
+        if self.mode != "none" or other.mode != "none":
+            raise ValueError("rows can join a batch only without a key/value cache")
+        present = [m for m in (self.attention_mask, other.attention_mask) if m is not None]
+        if not present:
+            return
+        width, device = present[0].shape[1], present[0].device
+
+        def filled(mask: torch.Tensor | None, count: int) -> torch.Tensor:
+            return torch.ones((count, width), dtype=torch.bool, device=device) if mask is None else mask.bool()
+
+        self.attention_mask = torch.cat([filled(self.attention_mask, rows), filled(other.attention_mask, added)])
+
     def __call__(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """``[rows.sum(), end - start, vocab]`` logits of the batch rows flagged in ``rows``: row ``j`` predicts
         the token at column ``start + j``. Only those rows run, except in a refresh, which rebuilds the cache

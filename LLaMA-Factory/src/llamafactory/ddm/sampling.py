@@ -26,7 +26,7 @@ from .strategies import Rule, Step
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["Denoiser", "SamplingOutput", "nucleus_filter", "sample"]
+__all__ = ["Denoiser", "SamplingOutput", "begin", "nucleus_filter", "sample"]
 
 
 @dataclass
@@ -168,6 +168,28 @@ def sample(
     and no cache, a 4D additive mask. ``generator`` is one generator, or one per row for
     batch-independent results. ``progress`` is called after each step.
     """
+    state = begin(denoiser, input_ids, mask_id, config, src_mask=src_mask, attention_mask=attention_mask,
+                  generator=generator)
+    while state.step():
+        if progress is not None:
+            progress(1)
+    return state.output()
+
+
+def begin(
+    denoiser: DiffusionLM | Denoiser,
+    input_ids: torch.Tensor,
+    mask_id: int,
+    config: SamplingConfig,
+    *,
+    src_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> _State:
+    """The reverse loop before its first step (arguments as for :func:`sample`, which steps it to the end).
+
+    A caller that steps it itself (a server) may admit other such states' rows between steps
+    (``_State.admit``), drop rows (``drop``) and hand back finished ones (``release``)."""
     config.validate()
     full_mask = attention_mask is not None and attention_mask.dim() == 4
     if full_mask and config.cache != "none":
@@ -175,25 +197,23 @@ def sample(
     padding = None if attention_mask is None or full_mask else attention_mask.bool()
     generated = ~_given_positions(input_ids, src_mask, padding, config.shift, mask_id)
     plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask)
-    state = _State(denoiser, plan, attention_mask if full_mask else plan.padding,
-                   _generators(generator, input_ids.shape[0]), mask_id, config)
-    while state.step():
-        if progress is not None:
-            progress(1)
-    tokens, history = state.final, state.history
-    if plan.layout is not None:
-        tokens = plan.layout.restore(tokens)
-        history = [plan.layout.restore(h) for h in history]
-    return SamplingOutput(tokens=tokens, history=history, nfe=state.nfe)
+    return _State(denoiser, plan, attention_mask if full_mask else plan.padding,
+                  _generators(generator, input_ids.shape[0]), mask_id, config)
 
 
 class _State:
     """The rows still being generated, their tokens and masks, and where they are: the current block
-    ``[left, right)`` and the step within it. Finished rows are written to ``final`` and leave the batch."""
+    ``[left, right)`` and each row's step within it. Finished rows are written to ``final`` and leave the batch.
+
+    Rows are numbered in the order they came in (``final``, ``nfe``); ``rows`` are the live ones. Between
+    steps, rows of another state may join (``admit``) where they can share the forward, which leaves each
+    row's result as it would be alone: its draws come from its own generator and its step count is its own.
+    """
 
     def __init__(self, denoiser: DiffusionLM | Denoiser, plan: _Plan, attention_mask: torch.Tensor | None,
                  generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig) -> None:
-        self.config, self.mask_id, self.rule = config, mask_id, config.rule()
+        self.config, self.mask_id, self.rule, self.denoiser = config, mask_id, config.rule(), denoiser
+        self.layout, self.full_mask = plan.layout, attention_mask is not None and attention_mask.dim() == 4
         input_ids, self.generated = plan.input_ids, plan.generated
         self.masked = self.generated.clone()
         self.tokens = torch.where(self.masked, torch.full_like(input_ids, mask_id), input_ids)
@@ -207,24 +227,87 @@ class _State:
         self.calls = DenoiserCalls(denoiser, mode=config.cache, shift=config.shift, attention_mask=attention_mask,
                                    refresh_every=config.cache_refresh)
         self.eos_id, self.fill_id = _end_tokens(denoiser, config)
-        self.index, self.left, self.right, self.block_step = -1, plan.start, plan.start, 0
+        self.index, self.left, self.right = -1, plan.start, plan.start
+        self.block_step = torch.zeros_like(self.rows)  # each live row's steps in the current block
         self._keep(self.masked.any(dim=1))
 
     def step(self) -> bool:
         """One reverse step of the live rows still working on the current block, moving to the next block
         first where every row has finished this one; False when nothing is left to generate."""
-        working = self._working()
-        while not working.any():
-            if self.index >= 0:
-                self._keep(self.masked.any(dim=1))
-            if not self._next_block():
-                return False
-            working = self._working()
+        working = self._advance()
+        if working is None:
+            return False
         budget = self.steps_per_block[self.rows, self.index]
         self._decide(working, (budget - 1 - self.block_step).clamp(min=0), budget)
         self.block_step += 1
         self._after_step()
         return True
+
+    def output(self) -> SamplingOutput:
+        """Every row's tokens (in the caller's columns), history and NFE."""
+        tokens, history = self.final, self.history
+        if self.layout is not None:
+            tokens = self.layout.restore(tokens)
+            history = [self.layout.restore(h) for h in history]
+        return SamplingOutput(tokens=tokens, history=history, nfe=self.nfe)
+
+    def joinable(self, other: _State) -> bool:
+        """Whether ``other``'s live rows can join this batch before its next step: the same denoiser, settings,
+        columns and blocks, no key/value cache and no 4D mask (those are built for one batch's rows), no
+        history, and both at the same block. Both move into the block their next step works on."""
+        if other.denoiser is not self.denoiser or other.config != self.config or self.config.cache != "none":
+            return False
+        if self.full_mask or other.full_mask or self.config.record_history or self.layout or other.layout:
+            return False
+        shape = (self.tokens.shape[1], self.start, self.width, self.steps_per_block.shape[1])
+        if shape != (other.tokens.shape[1], other.start, other.width, other.steps_per_block.shape[1]):
+            return False
+        return self._advance() is not None and other._advance() is not None and self.index == other.index
+
+    def admit(self, other: _State) -> int:
+        """Take ``other``'s live rows into this batch (``joinable`` must hold); returns the number of
+        ``other``'s row 0 here (its row ``i`` is that plus ``i``)."""
+        if not self.joinable(other):
+            raise ValueError("these rows cannot share this batch's forward (see _State.joinable)")
+        offset = self.final.shape[0]
+        self.rows = torch.cat([self.rows, other.rows + offset])
+        self.tokens, self.masked = torch.cat([self.tokens, other.tokens]), torch.cat([self.masked, other.masked])
+        self.block_maskable = torch.cat([self.block_maskable, other.block_maskable])
+        self.block_step = torch.cat([self.block_step, other.block_step])
+        self.generators = [*self.generators, *other.generators]
+        self.final, self.generated = torch.cat([self.final, other.final]), torch.cat([self.generated, other.generated])
+        self.steps_per_block = torch.cat([self.steps_per_block, other.steps_per_block])
+        self.nfe = torch.cat([self.nfe, other.nfe])
+        self.calls.admit(other.calls, self.tokens.shape[0] - other.tokens.shape[0], other.tokens.shape[0])
+        return offset
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Stop generating the rows numbered ``rows`` (a client went away); ``final`` keeps what they have."""
+        self._keep(~torch.isin(self.rows, torch.as_tensor(list(rows), dtype=self.rows.dtype, device=self.rows.device)))
+
+    def release(self, rows: Sequence[int]) -> None:
+        """Forget the rows numbered ``rows`` (dropping them first where live); later rows move down to fill
+        the gaps, keeping their order."""
+        self.drop(rows)
+        gone = torch.zeros(self.final.shape[0], dtype=torch.bool, device=self.rows.device)
+        gone[list(rows)] = True
+        kept = (~gone).nonzero(as_tuple=True)[0]
+        self.rows = ((~gone).long().cumsum(dim=0) - 1)[self.rows]
+        self.final, self.generated = self.final[kept], self.generated[kept]
+        self.steps_per_block, self.nfe = self.steps_per_block[kept], self.nfe[kept.cpu()]
+        self.history = [h[kept.cpu()] for h in self.history]
+
+    def _advance(self) -> torch.Tensor | None:
+        """The rows the next step works on, moving to the next block first where every row has finished this
+        one; None when nothing is left to generate."""
+        working = self._working()
+        while not working.any():
+            if self.index >= 0:
+                self._keep(self.masked.any(dim=1))
+            if not self._next_block():
+                return None
+            working = self._working()
+        return working
 
     def _working(self) -> torch.Tensor:
         """Rows with masks left in the block and steps left in their budget for it."""
@@ -245,7 +328,7 @@ class _State:
             if self.masked[:, self.left : self.right].any():
                 self.calls.start_block(self.left, self.right)
                 self.block_maskable = self.masked[:, self.left : self.right].clone()
-                self.block_step = 0
+                self.block_step = torch.zeros_like(self.rows)
                 return True
         return False
 
@@ -305,7 +388,7 @@ class _State:
             return
         kept = alive.nonzero(as_tuple=True)[0]
         self.rows, self.tokens, self.masked = self.rows[kept], self.tokens[kept], self.masked[kept]
-        self.block_maskable = self.block_maskable[kept]
+        self.block_maskable, self.block_step = self.block_maskable[kept], self.block_step[kept]
         self.generators = [self.generators[i] for i in kept.tolist()]
         self.calls.keep_rows(kept)
 
