@@ -20,11 +20,10 @@ from llamafactory.ddm import (
     SETTINGS,
     DiffusionLM,
     SamplingConfig,
+    checkpoint_special_tokens,
     first_predicted_token,
     load_causal_lm,
     load_tokenizer,
-    recorded_mask_id,
-    resolve_special_tokens,
     sample,
     start_token_id,
 )
@@ -65,8 +64,7 @@ class DiscreteDiffusionModel(DiffusionLM):
         if not isinstance(model, PreTrainedModel):
             model = AutoModelForCausalLM.from_config(config)
         vocab_rows = model.get_input_embeddings().weight.shape[0]
-        tokens = resolve_special_tokens(tokenizer, model.config.model_type, vocab_rows, config=model.config,
-                                        recorded_mask_id=recorded_mask_id(model.config))
+        tokens = checkpoint_special_tokens(tokenizer, model.config, vocab_rows)
         super().__init__(model, tokens, shift=shift)
         self.tokenizer = tokenizer
         if device is not None:

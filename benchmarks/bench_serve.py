@@ -2,7 +2,7 @@
 against serial in-process generation of the same requests.
 
 Reports tokens/s (generated positions per second), p50/p99 latency, and checks that every request is
-answered once and equals its answer served alone. Usage: ``python benchmarks/bench_serve.py [--requests 64]``.
+answered once and equals its answer served alone. Usage: ``python -m benchmarks.bench_serve [--requests 64]``.
 """
 
 from __future__ import annotations
@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llamafactory.serve.background import serve_in_background
 
-from tests.serve.conftest import BUNDLED, start_server  # noqa: E402
+BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "diffugpt-tiny"
 
 PROMPTS = ["The history of", "A", "In the morning the", "She said that", "The results show", "Once"]
 SETTINGS = {"max_tokens": 32, "steps": 16, "temperature": 0.9}
@@ -72,7 +70,7 @@ def main() -> None:
     positions = args.requests * SETTINGS["max_tokens"]
     serial = serial_in_process(engine, bodies)
     print(f"serial in-process: {positions / serial:8.1f} tokens/s ({serial:.1f} s)")
-    for running in start_server(engine, max_batch=64, max_queue=1024, timeout=600):
+    with serve_in_background(engine, max_batch=64, max_queue=1024, timeout=600) as running:
         alone, _, _ = asyncio.run(run(running.url, bodies, 1))
         for concurrency in (1, 4, 16, 64):
             texts, latencies, seconds = asyncio.run(run(running.url, bodies, concurrency))

@@ -33,8 +33,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from llamafactory.command_line import run_command
 from llamafactory.ddm import load_tokenizer
+from llamafactory.entry_points import run_command
 from llamafactory.errors import UserInputError
 from llamafactory.utils.encoding import check_not_empty, check_utf8
 from llamafactory.utils.files import check_writable_folder, storage_errors

@@ -28,16 +28,15 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import AutoConfig, PretrainedConfig
 
-from llamafactory.command_line import run_command
 from llamafactory.ddm import (
     SpecialTokens,
     check_window,
+    checkpoint_special_tokens,
     load_causal_lm,
     load_tokenizer,
-    recorded_mask_id,
-    resolve_special_tokens,
 )
 from llamafactory.ddm.attention import check_block_kernel
+from llamafactory.entry_points import run_command
 from llamafactory.errors import UserInputError
 from llamafactory.utils.distributed import Launch, close_process_group
 from llamafactory.utils.hub import resolve_checkpoint_dir
@@ -69,8 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_mask_id(requested: int | None, tokenizer: Any | None, config: PretrainedConfig, vocab_rows: int) -> int:
     """The mask id to train with; also recorded in the tokenizer (if any) when it would not resolve to it."""
     try:
-        resolved = resolve_special_tokens(tokenizer, config.model_type, vocab_rows, config=config,
-                                          recorded_mask_id=recorded_mask_id(config)).mask_id
+        resolved = checkpoint_special_tokens(tokenizer, config, vocab_rows).mask_id
     except UserInputError:
         if requested is None:
             raise

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from transformers.utils import is_flash_attn_2_available
 
-from llamafactory.command_line import FLASH_ATTN_INSTALL
 from llamafactory.ddm import annealed_steps
 from llamafactory.ddm.attention import check_block_size
+from llamafactory.entry_points import FLASH_ATTN_INSTALL
 from llamafactory.errors import UserInputError
 from llamafactory.utils.files import check_writable_folder
 

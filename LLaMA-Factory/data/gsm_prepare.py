@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from llamafactory.command_line import run_command
+from llamafactory.entry_points import run_command
 from llamafactory.errors import UserInputError
 from llamafactory.utils.files import atomic_write_text
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from llamafactory.command_line import (
+from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
+from llamafactory.entry_points import (
     add_bool_flag,
     add_model_arguments,
     check_attention_implementation,
@@ -28,7 +29,6 @@ from llamafactory.command_line import (
     resolve_dtype,
     run_command,
 )
-from llamafactory.ddm import ESTIMATORS, apply_adapters, load_diffusion_lm, load_tokenizer
 from llamafactory.errors import UserInputError
 from llamafactory.sampler_flags import SCRIPT_FLAGS, SamplerFlags
 from llamafactory.utils.distributed import SINGLE_PROCESS, Launch, close_process_group, init_object_group

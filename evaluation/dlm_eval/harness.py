@@ -37,9 +37,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from llamafactory.command_line import resolve_dtype
 from llamafactory.ddm import load_diffusion_lm, sequence_nll
 from llamafactory.ddm.settings import BY_NAME, canonical
+from llamafactory.entry_points import resolve_dtype
 from llamafactory.errors import UserInputError
 from llamafactory.sampler_flags import SCRIPT_FLAGS, parse_setting
 from llamafactory.utils.distributed import Launch, all_gather_tensor, barrier, gather_to_main, init_object_group

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.serve.conftest import start_server
+from llamafactory.serve.background import serve_in_background
 
 FAST = {"steps": 8}
 
@@ -127,7 +127,7 @@ def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(server, clien
 
 
 def test_api_key_and_full_queue(engine):
-    for running in start_server(engine, api_key="sesame", max_batch=1, max_queue=1, timeout=60):
+    with serve_in_background(engine, api_key="sesame", max_batch=1, max_queue=1, timeout=60) as running:
         url = f"{running.url}/v1/completions"
         assert httpx.post(url, json={"prompt": "x"}, timeout=30).status_code == 401
         wrong = httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer nope"}, timeout=30)

@@ -45,9 +45,9 @@ from dlm_eval import AutoregressiveEngine, Decoding, DiffusionEngine, FillReques
 from dlm_eval.engine import Engine
 from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps, token_accuracy
 from dlm_eval.text import encode
-from llamafactory.command_line import parse_bool, run_command
 from llamafactory.data.processors import pretrain_batch
 from llamafactory.ddm import framing_tokens, load_diffusion_lm, nll_totals
+from llamafactory.entry_points import parse_bool, run_command
 from llamafactory.errors import UserInputError
 from llamafactory.utils.files import atomic_write_text
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from llamafactory.command_line import run_command
+from llamafactory.entry_points import run_command
 from llamafactory.errors import UserInputError
 from llamafactory.utils.files import atomic_write_text
 

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from llamafactory.command_line import run_command  # noqa: E402
+from llamafactory.entry_points import run_command  # noqa: E402
 from llamafactory.errors import UserInputError  # noqa: E402
 from llamafactory.train.plotting import loss_history, trainer_state  # noqa: E402
 from llamafactory.utils.files import atomic_write_text  # noqa: E402

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from . import __version__
-from .command_line import attention_report, bool_word, run_command
+from .entry_points import attention_report, bool_word, run_command
 
 USAGE = f"""llamafactory-cli {__version__}: diffusion LMs adapted from autoregressive ones (DiffuGPT / DiffuLLaMA)
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_command(lambda: (launch.serve if command == "api" else launch.chat)(argv))
     if command == "export":
-        from .export import main as export_main
+        from .export_command import main as export_main
 
         return export_main(argv)
     if command == "version":

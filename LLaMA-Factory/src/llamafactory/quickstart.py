@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .command_line import (
+from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
+from .entry_points import (
     add_bool_flag,
     add_model_arguments,
     attention_report,
@@ -27,7 +28,6 @@ from .command_line import (
     resolve_dtype,
     run_command,
 )
-from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
 from .errors import UserInputError
 from .sampler_flags import SCRIPT_FLAGS, SamplerFlags
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .command_line import add_bool_flag, bool_word
 from .ddm.settings import SETTINGS, Setting
+from .entry_points import add_bool_flag, bool_word
 
 # The original quick-start scripts' flag names (``decoding_strategy`` was a config key only: the flag is
 # ``--strategy``).

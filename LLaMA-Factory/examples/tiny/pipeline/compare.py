@@ -29,8 +29,8 @@ from dlm_eval import AutoregressiveEngine, Decoding, DiffusionEngine
 from dlm_eval.engine import Engine
 from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps
 from dlm_eval.text import encode
-from llamafactory.command_line import run_command
 from llamafactory.ddm import load_diffusion_lm
+from llamafactory.entry_points import run_command
 from llamafactory.errors import UserInputError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from llamafactory.command_line import run_command  # noqa: E402
+from llamafactory.entry_points import run_command  # noqa: E402
 from llamafactory.train.plotting import loss_history  # noqa: E402
 
 logger = logging.getLogger(__name__)

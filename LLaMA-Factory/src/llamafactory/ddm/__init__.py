@@ -8,6 +8,7 @@ from .autoregressive import generate_continuations
 from .checkpoints import (
     apply_adapters,
     check_window,
+    checkpoint_special_tokens,
     detect_layout,
     generation_length,
     is_adapter_dir,
@@ -48,8 +49,8 @@ from .noise import (
     training_loss,
 )
 from .sampling import SamplingOutput, sample
-from .settings import SETTINGS, SamplingConfig, Setting
 from .scoring import ESTIMATORS, level_masks, nll_per_token, nll_totals, score_continuations, sequence_nll
+from .settings import SETTINGS, SamplingConfig, Setting
 from .strategies import STRATEGIES, Step, resolve_rule
 from .tokens import (
     DEFAULT_MASK_TOKEN,
@@ -63,7 +64,7 @@ from .tokens import (
 
 __all__ = [
     "add_known_tokens", "add_mask_token", "align_to_outputs", "align_to_tokens", "anneal_ratio",
-    "annealed_attention_mask", "annealed_steps", "apply_adapters", "check_window", "corrupt", "DEFAULT_MASK_TOKEN",
+    "annealed_attention_mask", "annealed_steps", "apply_adapters", "check_window", "checkpoint_special_tokens", "corrupt", "DEFAULT_MASK_TOKEN",
     "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
     "FramingTokens", "framing_tokens", "generate", "generate_continuations", "GenerateOutput", "generation_length",
     "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",

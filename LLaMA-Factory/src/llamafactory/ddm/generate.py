@@ -21,7 +21,15 @@ from ..errors import UserInputError
 from .checkpoints.metadata import position_limit
 from .model import DiffusionLM
 from .sampling import sample
-from .settings import BY_NAME, GENERATE_SETTINGS, MAX_NEW_TOKENS, RULE_ALIASES, SamplingConfig, canonical, takes_settings
+from .settings import (
+    BY_NAME,
+    GENERATE_SETTINGS,
+    MAX_NEW_TOKENS,
+    RULE_ALIASES,
+    SamplingConfig,
+    canonical,
+    takes_settings,
+)
 from .strategies import resolve_rule
 
 

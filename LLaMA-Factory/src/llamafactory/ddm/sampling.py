@@ -22,7 +22,7 @@ from .cache import DenoiserCalls
 from .model import DiffusionLM, first_predicted_token
 from .proposals import nucleus_filter, propose
 from .settings import SamplingConfig
-from .strategies import Rule, Step
+from .strategies import Step
 
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 

@@ -21,8 +21,8 @@ from typing import Any, Union
 import torch
 import yaml
 
-from ..command_line import bool_word
 from ..ddm.noise import annealed_steps
+from ..entry_points import bool_word
 from ..errors import UserInputError
 from .data_args import DataArguments
 from .finetuning_args import DEFAULT_ANNEAL_STEPS, FINETUNING_TYPES, STAGES, FinetuningArguments

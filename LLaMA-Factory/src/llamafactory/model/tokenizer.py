@@ -19,9 +19,8 @@ from ..ddm import (
     SpecialTokens,
     add_known_tokens,
     add_mask_token,
+    checkpoint_special_tokens,
     load_tokenizer,
-    recorded_mask_id,
-    resolve_special_tokens,
 )
 from ..errors import UserInputError
 from ..hparams import ModelArguments
@@ -68,8 +67,7 @@ def diffusion_special_tokens(tokenizer: Any, model: PreTrainedModel) -> SpecialT
         grow_embeddings(model, len(tokenizer))
 
     def resolve() -> SpecialTokens:
-        return resolve_special_tokens(tokenizer, model.config.model_type, embedding_rows(model), config=model.config,
-                                      recorded_mask_id=recorded_mask_id(model.config))
+        return checkpoint_special_tokens(tokenizer, model.config, embedding_rows(model))
 
     try:
         return resolve()

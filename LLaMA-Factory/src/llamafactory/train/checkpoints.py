@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..command_line import bool_word
+from ..entry_points import bool_word
 from ..errors import UserInputError
 from ..utils.files import (
     MODEL_WEIGHT_PATTERNS,

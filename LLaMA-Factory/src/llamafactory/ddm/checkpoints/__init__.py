@@ -12,7 +12,14 @@ from .layouts import (
     weight_files,
     wrapper_to_hf_keys,
 )
-from .loading import load_causal_lm, load_diffusion_lm, load_tokenizer, load_weights_into, tokenizer_problem
+from .loading import (
+    checkpoint_special_tokens,
+    load_causal_lm,
+    load_diffusion_lm,
+    load_tokenizer,
+    load_weights_into,
+    tokenizer_problem,
+)
 from .metadata import (
     check_window,
     generation_length,
@@ -26,7 +33,7 @@ from .metadata import (
 from .saving import save_diffusion_checkpoint
 
 __all__ = [
-    "apply_adapters", "BODY_PREFIX", "check_window", "checkpoint_keys", "detect_layout", "EMBED_PREFIX",
+    "apply_adapters", "BODY_PREFIX", "check_window", "checkpoint_special_tokens", "checkpoint_keys", "detect_layout", "EMBED_PREFIX",
     "generation_length", "hf_to_wrapper_keys", "is_adapter_dir", "Layout", "load_adapter", "load_causal_lm",
     "load_diffusion_lm", "load_tokenizer", "load_weights_into", "position_limit", "read_state_dict",
     "record_block_size", "record_generation_length", "record_mask_id", "recorded_block_size", "recorded_mask_id",

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from ...errors import UserInputError
 from ...utils.hub import resolve_checkpoint_dir
 from ..model import DiffusionLM, make_bidirectional
-from ..tokens import resolve_special_tokens
+from ..tokens import SpecialTokens, resolve_special_tokens
 from .adapters import apply_adapters
 from .layouts import (
     EMBED_PREFIX,
@@ -192,6 +192,13 @@ def load_tokenizer(directory: str | os.PathLike, *, fallback: str | None = None,
     raise UserInputError(f"no usable tokenizer: {'; '.join(reasons)}")
 
 
+def checkpoint_special_tokens(tokenizer: Any, config: PretrainedConfig, vocab_rows: int) -> SpecialTokens:
+    """A checkpoint's special token ids: its tokenizer's, the mask id its config records, else the table of
+    released models (docs/design.md#special-tokens); one rule for every loader."""
+    return resolve_special_tokens(tokenizer, config.model_type, vocab_rows, config=config,
+                                  recorded_mask_id=recorded_mask_id(config))
+
+
 def load_diffusion_lm(
     name_or_path: str | os.PathLike,
     *,
@@ -228,8 +235,7 @@ def load_diffusion_lm(
             f"the tokenizer has {len(tokenizer)} ids but the model {name_or_path} has {rows} embedding rows: "
             "they do not belong together (use the tokenizer the model was trained with)"
         )
-    tokens = resolve_special_tokens(tokenizer, model.config.model_type, rows, config=model.config,
-                                    recorded_mask_id=recorded_mask_id(model.config))
+    tokens = checkpoint_special_tokens(tokenizer, model.config, rows)
     wrapper = DiffusionLM(model, tokens, shift=shift, block_size=recorded_block_size(model.config))
     if device is not None:
         wrapper.to(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .command_line import DTYPES, add_bool_flag, run_command
+from .entry_points import DTYPES, add_bool_flag, run_command
 
 
 def parser() -> argparse.ArgumentParser:
