@@ -53,18 +53,21 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _block_pairs(positions: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(same, earlier)``, ``[batch, L, L]``: key in the query's block / in a block before it."""
+def _block_pairs(positions: torch.Tensor, block_size: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(same, earlier)``, ``[batch, L - start, L]``: key in the query's block / in a block before it, for the
+    queries ``[start, L)``."""
     blocks = positions // block_size
-    query, key = blocks[:, :, None], blocks[:, None, :]
+    query, key = blocks[:, start:, None], blocks[:, None, :]
     return query == key, key < query
 
 
-def _finish(allowed: torch.Tensor, real: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """Hide padding keys, let every query see itself, and make the additive mask."""
+def _finish(allowed: torch.Tensor, real: torch.Tensor | None, dtype: torch.dtype, start: int = 0) -> torch.Tensor:
+    """Hide padding keys, let every query (column ``start + i`` for row ``i``) see itself, and make the
+    additive mask."""
     if real is not None:
         allowed = allowed & real.bool()[:, None, :]
-    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    columns = torch.arange(allowed.shape[-1], device=allowed.device)
+    allowed = allowed | (columns[None, :] == columns[start : start + allowed.shape[-2], None])
     return _additive(allowed, dtype)
 
 
@@ -75,15 +78,18 @@ def block_causal_mask(
     attention_mask: torch.Tensor | None = None,
     opened: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    start: int = 0,
 ) -> torch.Tensor:
     """Block-causal mask ``[batch, 1, L, L]`` for a sequence with position ids ``positions`` ``[batch, L]``.
 
     ``attention_mask`` (2D, 1 = real) hides padding keys; ``opened`` (``[L, L]`` bool over column pairs,
-    e.g. the annealing draw) restricts the pairs inside a block to those it allows (None: all).
+    e.g. the annealing draw) restricts the pairs inside a block to those it allows (None: all). With
+    ``start``, only the query rows ``[start, L)`` (``[batch, 1, L - start, L]``): a window of columns run
+    against a key/value cache of the columns before it.
     """
-    same, earlier = _block_pairs(positions, block_size)
-    inside = same if opened is None else same & opened
-    return _finish(earlier | inside, attention_mask, dtype)
+    same, earlier = _block_pairs(positions, block_size, start)
+    inside = same if opened is None else same & opened[start:]
+    return _finish(earlier | inside, attention_mask, dtype, start)
 
 
 def noisy_clean_mask(

@@ -7,18 +7,20 @@ a block's last step no mask is left in it. Blocks run left to right and share th
 proportion to their width; a cache mode (``cache.py``) says how the denoiser is called. Every random
 draw of a row comes from that row's own generator, prompts of different lengths are aligned on their
 first generated column, and finished rows leave the batch, so a row's result does not depend on what
-else is in the batch.
+else is in the batch. For a block model (``DiffusionLM.block_size``) blocks follow position ids instead:
+every row is moved left so that its position ``p`` sits at column ``p``, and block ``k`` is the columns
+``[k * block_length, (k + 1) * block_length)`` of every row (docs/design.md#block-diffusion).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import UserInputError
-from .cache import DenoiserCalls
+from .cache import APPROXIMATE_CACHES, DenoiserCalls
 from .model import DiffusionLM, first_predicted_token
 from .proposals import nucleus_filter, propose
 from .settings import SamplingConfig
@@ -64,20 +66,39 @@ def _given_positions(input_ids: torch.Tensor, src_mask: torch.Tensor | None, pad
 
 @dataclass
 class _Layout:
-    """Rows moved right so that their first generated columns coincide (only when blocks or a cache need it)."""
+    """Rows moved right so that their first generated columns coincide (only when blocks or a cache need it),
+    or, for a block model, left so that each row's first real token is at column 0."""
 
-    offsets: torch.Tensor  # [B]: columns each row moved right
+    offsets: torch.Tensor  # [B]: columns each row moved right (negative: left)
     width: int  # the caller's sequence length
 
     def align(self, values: torch.Tensor, fill: int | bool) -> torch.Tensor:
-        columns = torch.arange(self.width + int(self.offsets.max()), device=values.device)[None, :] - self.offsets[:, None]
+        width = self.width + max(int(self.offsets.max()), 0)
+        columns = torch.arange(width, device=values.device)[None, :] - self.offsets[:, None]
         inside = (columns >= 0) & (columns < self.width)
         picked = values.gather(1, columns.clamp(0, self.width - 1))
         return torch.where(inside, picked, torch.full_like(picked, fill))
 
-    def restore(self, values: torch.Tensor) -> torch.Tensor:
+    def restore(self, values: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """``values`` back in the caller's columns; columns no aligned column came from keep ``original``."""
         columns = torch.arange(self.width, device=values.device)[None, :] + self.offsets[:, None].to(values.device)
-        return values.gather(1, columns)
+        inside = (columns >= 0) & (columns < values.shape[1])
+        picked = values.gather(1, columns.clamp(0, values.shape[1] - 1))
+        return torch.where(inside, picked, original.to(values.device))
+
+
+def _block_model_layout(padding: torch.Tensor | None) -> _Layout | None:
+    """The layout of a block model: each row moved left by its leading padding, so that position ids (counted
+    over real tokens) equal columns; real tokens must be contiguous (left or right padding)."""
+    if padding is None:
+        return None
+    real = padding.bool()
+    length = real.shape[1]
+    first = real.long().argmax(dim=1)
+    last = length - 1 - real.flip(1).long().argmax(dim=1)
+    if bool((real.sum(dim=1) != last - first + 1).any()):
+        raise UserInputError("a block model needs each row's real tokens in one run (left or right padding only)")
+    return None if not bool(first.any()) else _Layout(offsets=-first, width=length)
 
 
 def _blocks(generated: torch.Tensor, start: int, block: int) -> torch.Tensor:
@@ -93,9 +114,11 @@ def _block_steps(generated: torch.Tensor, start: int, block: int, steps: int) ->
     covers of the row's generated span (cumulative rounding, so a row's blocks use exactly ``steps``)."""
     length = generated.shape[1]
     blocks = -(-(length - start) // block)
-    last = length - 1 - generated.flip(1).long().argmax(dim=1)
-    span = (last - start + 1).clamp(min=1)[:, None]
-    edges = (torch.arange(blocks + 1, device=generated.device)[None, :] * block).minimum(span)
+    first = generated.long().argmax(dim=1)[:, None]
+    last = length - 1 - generated.flip(1).long().argmax(dim=1)[:, None]
+    span = (last - first + 1).clamp(min=1)
+    edges = (torch.arange(blocks + 1, device=generated.device)[None, :] * block + start - first).clamp(min=0)
+    edges = edges.minimum(span)
     quota = torch.div(steps * edges, span, rounding_mode="floor")
     return quota[:, 1:] - quota[:, :-1]
 
@@ -115,9 +138,16 @@ class _Plan:
 
 
 def _plan(input_ids: torch.Tensor, generated: torch.Tensor, padding: torch.Tensor | None, config: SamplingConfig,
-          fill_id: int, full_mask: bool) -> _Plan:
+          fill_id: int, full_mask: bool, block_size: int | None) -> _Plan:
     """Blocks start at the first generated column; rows that start elsewhere are moved right when blocks or a
-    cache would otherwise cut them differently from a run of that row alone."""
+    cache would otherwise cut them differently from a run of that row alone. A block model's blocks start at
+    column 0 of rows laid out by position (``_block_model_layout``)."""
+    if block_size is not None:
+        layout = _block_model_layout(padding)
+        if layout is not None:
+            input_ids, generated = layout.align(input_ids, fill_id), layout.align(generated, False)
+            padding = layout.align(padding, False)
+        return _checked_plan(input_ids, generated, padding, layout, 0, config.block_length, config.steps)
     length = generated.shape[1]
     working = generated.any(dim=1)
     first = torch.where(working, generated.long().argmax(dim=1), length)
@@ -136,16 +166,40 @@ def _plan(input_ids: torch.Tensor, generated: torch.Tensor, padding: torch.Tenso
         generated = layout.align(generated, False)
         length = input_ids.shape[1]
     block = max(length - start, 1) if one_block else config.block_length
-    steps_per_block = _block_steps(generated, start, block, config.steps)
+    return _checked_plan(input_ids, generated, padding, layout, start, block, config.steps)
+
+
+def _checked_plan(input_ids: torch.Tensor, generated: torch.Tensor, padding: torch.Tensor | None,
+                  layout: _Layout | None, start: int, block: int, steps: int) -> _Plan:
+    """The plan of blocks ``[start + k block, ...)``, once the step budget covers every block a row needs."""
+    steps_per_block = _block_steps(generated, start, block, steps)
     holds = _blocks(generated, start, block) > 0
     if bool(((steps_per_block == 0) & holds).any()):
         raise UserInputError(
-            f"steps={config.steps} is fewer than the blocks a row needs: block_length={block} cuts a row's generated "
+            f"steps={steps} is fewer than the blocks a row needs: block_length={block} cuts a row's generated "
             f"span into {int(holds.sum(dim=1).max())} blocks; raise steps or block_length"
         )
     if padding is not None and bool(padding.all()):
         padding = None
     return _Plan(input_ids, generated, padding, layout, start, block, steps_per_block)
+
+
+def _for_model(config: SamplingConfig, denoiser: DiffusionLM | Denoiser) -> tuple[SamplingConfig, int | None]:
+    """``config`` with ``cache="auto"`` and (for a block model) ``block_length`` resolved for this denoiser, and
+    the model's block size; one error line where the cache or block length does not fit the model."""
+    block_size = denoiser.block_size if isinstance(denoiser, DiffusionLM) else None
+    if block_size is None:
+        if config.cache == "block":
+            raise UserInputError("cache='block' is the exact cache of a block model (block_size set); this model is "
+                                 "full-sequence: use cache=none, prefix or dual")
+        return (replace(config, cache="none") if config.cache == "auto" else config), None
+    if config.cache in APPROXIMATE_CACHES:
+        raise UserInputError(f"cache={config.cache!r} approximates a full-sequence model; this block model "
+                             f"(block_size={block_size}) has an exact cache: use cache=block (or auto) or none")
+    length = block_size if config.block_length is None else config.block_length
+    if length % block_size:
+        raise UserInputError(f"block_length={length} must be a multiple of the model's block_size={block_size}")
+    return replace(config, cache="block" if config.cache == "auto" else config.cache, block_length=length), block_size
 
 
 @torch.no_grad()
@@ -191,14 +245,17 @@ def begin(
     A caller that steps it itself (a server) may admit other such states' rows between steps
     (``_State.admit``), drop rows (``drop``) and hand back finished ones (``release``)."""
     config.validate()
+    config, block_size = _for_model(config, denoiser)
     full_mask = attention_mask is not None and attention_mask.dim() == 4
-    if full_mask and config.cache != "none":
-        raise UserInputError(f"cache={config.cache!r} cannot be used with a 4D (annealing) attention mask; use cache=none")
+    if full_mask and (config.cache != "none" or block_size is not None):
+        raise UserInputError(f"cache={config.cache!r} cannot be used with a 4D (annealing) attention mask; use cache=none"
+                             if block_size is None else "a block model builds its own attention mask: pass a 2D "
+                             "padding mask, not a 4D one")
     padding = None if attention_mask is None or full_mask else attention_mask.bool()
     generated = ~_given_positions(input_ids, src_mask, padding, config.shift, mask_id)
-    plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask)
+    plan = _plan(input_ids, generated, padding, config, 1 if mask_id == 0 else 0, full_mask, block_size)
     return _State(denoiser, plan, attention_mask if full_mask else plan.padding,
-                  _generators(generator, input_ids.shape[0]), mask_id, config)
+                  _generators(generator, input_ids.shape[0]), mask_id, config, original=input_ids)
 
 
 class _State:
@@ -211,8 +268,10 @@ class _State:
     """
 
     def __init__(self, denoiser: DiffusionLM | Denoiser, plan: _Plan, attention_mask: torch.Tensor | None,
-                 generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig) -> None:
+                 generators: list[torch.Generator | None], mask_id: int, config: SamplingConfig, *,
+                 original: torch.Tensor) -> None:
         self.config, self.mask_id, self.rule, self.denoiser = config, mask_id, config.rule(), denoiser
+        self.original = original  # the caller's ids: where a realigned row has no column, output keeps them
         self.layout, self.full_mask = plan.layout, attention_mask is not None and attention_mask.dim() == 4
         input_ids, self.generated = plan.input_ids, plan.generated
         self.masked = self.generated.clone()
@@ -238,7 +297,8 @@ class _State:
         if working is None:
             return False
         budget = self.steps_per_block[self.rows, self.index]
-        self._decide(working, (budget - 1 - self.block_step).clamp(min=0), budget)
+        # Rows waiting here (a block holding only their prompt has no budget) neither decide nor divide by zero.
+        self._decide(working, (budget - 1 - self.block_step).clamp(min=0), budget.clamp(min=1))
         self.block_step += 1
         self._after_step()
         return True
@@ -247,8 +307,8 @@ class _State:
         """Every row's tokens (in the caller's columns), history and NFE."""
         tokens, history = self.final, self.history
         if self.layout is not None:
-            tokens = self.layout.restore(tokens)
-            history = [self.layout.restore(h) for h in history]
+            tokens = self.layout.restore(tokens, self.original)
+            history = [self.layout.restore(h, self.original) for h in history]
         return SamplingOutput(tokens=tokens, history=history, nfe=self.nfe)
 
     def joinable(self, other: _State) -> bool:
@@ -326,7 +386,7 @@ class _State:
                 return False
             self.right = min(self.left + self.width, length)
             if self.masked[:, self.left : self.right].any():
-                self.calls.start_block(self.left, self.right)
+                self.calls.start_block(self.left, self.right, self.tokens)
                 self.block_maskable = self.masked[:, self.left : self.right].clone()
                 self.block_step = torch.zeros_like(self.rows)
                 return True

@@ -133,9 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
             high=1, rule="threshold"),
     Setting("factor", float, 1.0, "factor rule: its factor f", low=0, low_open=True, rule="factor"),
     Setting("eb_gamma", float, 0.1, "eb rule: entropy budget per step (nats)", low=0, rule="eb"),
-    Setting("block_length", int, None, "generate left to right in blocks of this many tokens (none: one block)",
+    Setting("block_length", int, None, "generate left to right in blocks of this many tokens (none: one block; a "
+            "block model's own block_size, of which it must be a multiple)",
             low=1, optional=True, aliases=("block_size",)),
-    Setting("cache", str, "none", "key/value cache between steps", choices=CACHE_MODES),
+    Setting("cache", str, "auto", "key/value cache between steps (auto: block, the exact cache, for a block model, "
+            "else none)", choices=CACHE_MODES),
     Setting("cache_refresh", int, None, "recompute the cache every N steps (none: at block starts only)", low=1,
             optional=True, note=" (leave it unset to refresh at block starts only)"),
     Setting("stop_at_eos", bool, False, "finish a row once its EOS is fixed and no mask precedes it"),
