@@ -4,7 +4,7 @@ Multiple choice: the negated sum of the continuation's token log-probabilities u
 (lower is better, like the diffusion score). Generation: greedy decoding after the prefix; an infilling
 hole is generated from the prefix alone, since a left-to-right model cannot see the suffix. Two options
 serve comparisons with diffusion samples: ``sampling`` (follow a non-greedy decoding) and
-``stop_at_eos=False`` (every hole runs its full length, as a diffusion hole does).
+``full_length=True`` (every hole runs its full length, as a diffusion hole does).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ class AutoregressiveEngine:
     kind = "autoregressive"
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, *, batch_size: int = 32, sampling: bool = False,
-                 stop_at_eos: bool = True) -> None:
+                 full_length: bool = False) -> None:
         """``sampling``: ``fill`` samples when its decoding is not greedy (its temperature and top_p; torch's
         generator seeded by the first request of each batch) instead of always decoding greedily."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.sampling = sampling
-        self.stop_at_eos = stop_at_eos
+        self.full_length = full_length
         self.decoding = Decoding(greedy=True, strategy="topk")
         self.meter = GenerationMeter()
         self.max_length = window(model.config)
@@ -108,7 +108,7 @@ class AutoregressiveEngine:
         return self.sampling and not decoding.greedy and decoding.temperature > 0
 
     def _generate_batch(self, rows: list[tuple[list[int], int]], decoding: Decoding) -> list[list[int]]:
-        """Generation of one batch; each row keeps its own length, cut at EOS unless ``stop_at_eos`` is off.
+        """Generation of one batch; each row keeps its own length, cut at EOS unless ``full_length``.
 
         The batch generates as many tokens as its longest hole, so every prefix is fitted for that.
         """
@@ -117,7 +117,7 @@ class AutoregressiveEngine:
         sample = self._samples(decoding)
         started = time.perf_counter()
         generated = generate_continuations(
-            self.model, prompts, steps, pad_id=self._pad_id, eos_ids=self.eos_ids if self.stop_at_eos else (),
+            self.model, prompts, steps, pad_id=self._pad_id, eos_ids=() if self.full_length else self.eos_ids,
             do_sample=sample, temperature=decoding.temperature if sample else None,
             top_p=decoding.top_p if sample else None)
         self.meter.add(GenerationMeter(len(rows), sum(n for _, n in rows), steps * len(rows),

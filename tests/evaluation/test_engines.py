@@ -208,9 +208,9 @@ def test_ar_sampling_is_an_option_seeded_by_the_batchs_first_request(random_chec
     model = AutoModelForCausalLM.from_pretrained(random_checkpoints["gpt2"]).eval()
     sampler = Decoding(temperature=1.0, top_p=None, greedy=False)
     requests = [FillRequest([5, 6, 7], 12, seed=4), FillRequest([5, 8, 9], 12, seed=5)]
-    greedy = AutoregressiveEngine(model, tokenizer, stop_at_eos=False).fill(requests, sampler, desc="t")
+    greedy = AutoregressiveEngine(model, tokenizer, full_length=True).fill(requests, sampler, desc="t")
     assert greedy == AutoregressiveEngine(model, tokenizer).fill(requests, Decoding(greedy=True), desc="t")
-    engine = AutoregressiveEngine(model, tokenizer, sampling=True, stop_at_eos=False)
+    engine = AutoregressiveEngine(model, tokenizer, sampling=True, full_length=True)
     sampled = engine.fill(requests, sampler, desc="t")
     assert sampled == engine.fill(requests, sampler, desc="t") and sampled != greedy
     assert engine.fill([FillRequest([5, 6, 7], 12, seed=6), requests[1]], sampler, desc="t") != sampled
@@ -222,7 +222,7 @@ def test_ar_holes_stop_at_eos_unless_told_to_run_their_full_length(tokenizer):
     model = plant_answer(tiny_gpt2(len(tokenizer), n_positions=32), eos)
     request = [FillRequest([5, 6], 4)]
     assert AutoregressiveEngine(model, tokenizer).fill(request, Decoding(greedy=True), desc="t") == [[]]
-    full = AutoregressiveEngine(model, tokenizer, stop_at_eos=False).fill(request, Decoding(greedy=True), desc="t")
+    full = AutoregressiveEngine(model, tokenizer, full_length=True).fill(request, Decoding(greedy=True), desc="t")
     assert full == [[eos] * 4]
 
 

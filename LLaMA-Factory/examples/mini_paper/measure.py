@@ -211,7 +211,7 @@ def measure_model(args: argparse.Namespace) -> dict[str, Any]:
     # The AR model judges generative perplexity; as the measured model its holes run their full length
     # (the model's own EOS does not stop them), as a diffusion model's do.
     judge = AutoregressiveEngine(AutoModelForCausalLM.from_pretrained(args.ar), tokenizer, batch_size=args.batch_size,
-                                 sampling=True, stop_at_eos=False)
+                                 sampling=True, full_length=True)
     documents = read_documents(args.data / "test.jsonl")
     windows = heldout_windows(tokenizer, documents, args.length)[: args.windows]
     tasks = generation_tasks(windows, tokenizer.eos_token_id, args.samples, args.prompt_tokens)

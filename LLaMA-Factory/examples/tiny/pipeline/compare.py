@@ -137,7 +137,7 @@ def evaluate(args: argparse.Namespace, steps: list[int | None]) -> Evaluation:
     def ar_engine(path: Path) -> Engine:
         """Greedy, every span generated to its full length (the model's own EOS does not stop it)."""
         model = AutoModelForCausalLM.from_pretrained(path)
-        return AutoregressiveEngine(model, tokenizer, batch_size=args.batch_size, stop_at_eos=False)
+        return AutoregressiveEngine(model, tokenizer, batch_size=args.batch_size, full_length=True)
 
     def diffusion_engine(path: Path) -> Engine:
         model, own_tokenizer = load_diffusion_lm(path, device="cpu")
