@@ -72,7 +72,7 @@ def test_ar_spans_are_the_shared_greedy_decoder_for_the_target_length(compare, t
     prompts = torch.randint(6, 100, (3, 5), generator=torch.Generator().manual_seed(0)).tolist()
     prompts[2] = prompts[2][:3]  # a shorter prompt shares the batch (left padding)
     spans = [Span("x", tuple(row), (0,) * 4, (7, 7)) for row in prompts]
-    engine = AutoregressiveEngine(tiny_model, pipeline_tokenizer, stop_at_eos=False)
+    engine = AutoregressiveEngine(tiny_model, pipeline_tokenizer, full_length=True)
     filled = fill_spans(engine, spans, compare.greedy("confidence"), steps=None, desc="t")
     assert filled == [tuple(generate_continuations(tiny_model, [row], 4, pad_id=0)[0]) for row in prompts]
     assert all(len(row) == 4 for row in filled)
