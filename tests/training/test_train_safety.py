@@ -129,7 +129,7 @@ def test_a_sequence_longer_than_the_window_is_refused_before_training(base_model
     argv = _argv(base_model, packed_data / "train", tmp_path / "run", 2)
     argv[argv.index("--seq-length") + 1] = "64"
     result = run_training(argv, expect_success=False)
-    assert "--seq-length 64 (blocks of seq_length + 1 tokens) needs 65 positions, more than the 64" in _error_line(result)
+    assert "--seq-length 64 (samples of seq_length + 1 tokens) needs 65 positions, more than the 64" in _error_line(result)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
