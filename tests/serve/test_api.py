@@ -49,6 +49,31 @@ def test_streamed_deltas_join_to_the_whole_answer(client):
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason
 
 
+def test_traced_stream_sends_every_step_and_the_same_answer(client, engine):
+    whole = _complete(client, "Once upon a time", seed=7, max_tokens=24).choices[0]
+    chunks = list(_complete(client, "Once upon a time", seed=7, max_tokens=24, stream=True,
+                            extra={"trace": True}))
+    assert "".join(chunk.choices[0].text for chunk in chunks) == whole.text
+    frames = [chunk.choices[0].model_extra["denoise"] for chunk in chunks if chunk.choices[0].model_extra.get("denoise")]
+    assert [frame["step"] for frame in frames] == list(range(1, len(frames) + 1))
+    assert frames[-1]["nfe"] == whole.model_extra["nfe"]
+    masked = [frame["tokens"].count(None) for frame in frames]
+    assert masked == sorted(masked, reverse=True) and masked[0] > 0 and masked[-1] == 0
+    for earlier, later in zip(frames, frames[1:]):  # a fixed column never changes
+        assert all(a is None or a == b for a, b in zip(earlier["tokens"], later["tokens"]))
+    assert "".join(frames[-1]["tokens"]).startswith(whole.text)
+
+
+def test_the_page_is_served_only_by_webchat(server, engine):
+    assert httpx.get(server.url + "/", timeout=30).status_code == 404
+    with serve_in_background(engine, page=True) as running:
+        page = httpx.get(running.url + "/", timeout=30)
+        assert page.status_code == 200 and 'id="canvas"' in page.text
+        config = httpx.get(running.url + "/webchat/config", timeout=30).json()
+    assert config["defaults"]["steps"] == engine.defaults.sampler_arguments({})["steps"]
+    assert "threshold" in config["strategies"] and config["positions"] == engine.limit
+
+
 def test_chat_and_chat_stream(client):
     messages = [{"role": "user", "content": "Tell me about the sea."}]
     whole = client.chat.completions.create(model="diffugpt-tiny", messages=messages, max_tokens=12, seed=1,
@@ -114,6 +139,7 @@ def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(server, clien
         ({"prompt": "x", "max_tokens": 5000}, 400, "exceeds the model's"),
         ({"prompt": "x", "model": "gpt-9"}, 404, "unknown model"),
         ({"prompt": "x", "presence_penalty": 1.0}, 400, "presence_penalty"),
+        ({"prompt": "x", "trace": True}, 400, "needs stream: true"),
     ]
     for body, status, words in cases:
         response = httpx.post(url, json=body, timeout=30)

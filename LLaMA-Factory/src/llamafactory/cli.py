@@ -1,4 +1,4 @@
-"""``llamafactory-cli``: train / api / chat / export / version / env / help.
+"""``llamafactory-cli``: train / api / chat / webchat / export / version / env / help.
 
 ``train`` runs in this process, or relaunches itself through torchrun when ``FORCE_TORCHRUN=1`` is set or
 more than one GPU is visible; torchrun is then configured from ``NNODES``, ``NODE_RANK``,
@@ -23,6 +23,7 @@ usage:
   llamafactory-cli train CONFIG.yaml [key=value ...]   train / evaluate / predict as the config says
   llamafactory-cli api CONFIG.yaml [key=value ...]     serve the config's model over an OpenAI-compatible HTTP API
   llamafactory-cli chat CONFIG.yaml [key=value ...]    chat with the config's model in the terminal
+  llamafactory-cli webchat CONFIG.yaml [key=value ...] the API plus a web page that shows the denoising live
   llamafactory-cli export --model_name_or_path SRC --export_dir DIR [--self-contained] [--overwrite]
                                                        write SRC as a Hugging Face-native model (see export --help)
   llamafactory-cli version                             print the version
@@ -121,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return train(argv)
-    if command in ("api", "chat"):
+    if command in ("api", "chat", "webchat"):
         if not argv or argv[0] in ("-h", "--help"):
             print(USAGE)
             return 0 if argv else 2
         from .serve import launch
 
-        return run_command(lambda: (launch.serve if command == "api" else launch.chat)(argv))
+        if command == "chat":
+            return run_command(lambda: launch.chat(argv))
+        return run_command(lambda: launch.serve(argv, page=command == "webchat"))
     if command == "export":
         from .export_command import main as export_main
 

@@ -92,8 +92,9 @@ class _Flight:
         for job in self.jobs:
             job.cancelled.set()
 
-    async def deltas(self, request: Request) -> AsyncIterator[tuple[int, str, str | None]]:
-        """``(choice, new text, finish reason)`` as rows progress, until every choice is finished."""
+    async def deltas(self, request: Request) -> AsyncIterator[tuple[int, str, Update]]:
+        """``(choice, new text, update)`` as rows progress, until every choice is finished; a traced row
+        yields every step, others only when their text grows or ends."""
         loop = asyncio.get_running_loop()
         unfinished = len(self.jobs)
         try:
@@ -121,14 +122,15 @@ class _Flight:
                     choice.finish_reason, choice.nfe = update.finish_reason, update.nfe
                     choice.completion_tokens = update.completion_tokens
                     unfinished -= 1
-                if delta or update.finish_reason is not None:
-                    yield index, delta, update.finish_reason
+                if delta or update.finish_reason is not None or update.tokens is not None:
+                    yield index, delta, update
         finally:
             self.cancel()
 
 
-def create_app(engine: Engine, limits: Limits) -> FastAPI:
-    """The FastAPI application; its lifespan starts and stops the scheduler's worker thread."""
+def create_app(engine: Engine, limits: Limits, page: bool = False) -> FastAPI:
+    """The FastAPI application; its lifespan starts and stops the scheduler's worker thread. With ``page`` it
+    also serves the web chat page at ``/`` (``llamafactory-cli webchat``)."""
     scheduler = Scheduler(engine, max_batch=limits.max_batch, max_queue=limits.max_queue)
 
     @asynccontextmanager
@@ -169,6 +171,8 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
         if body.model is not None and body.model != engine.name:
             raise APIError(404, f"unknown model {body.model!r}; this server serves {engine.name!r}",
                            param="model", code="model_not_found")
+        if body.trace and not body.stream:
+            raise APIError(400, "trace streams every step; it needs stream: true", param="trace")
         extras = body.extras()
         for name, neutral in NEUTRAL.items():
             if extras.get(name, neutral) not in (neutral, None):
@@ -200,7 +204,7 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
 
         if not body.stream:
             texts = list(opening)
-            async for index, delta, _ in flight.deltas(request):
+            async for index, delta, _update in flight.deltas(request):
                 texts[index] += delta
             if any(choice.finish_reason is None for choice in flight.choices):
                 raise APIError(499, "the client went away", code="client_closed")
@@ -213,10 +217,13 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
             try:
                 for index, text in enumerate(opening):
                     yield {"data": json.dumps({**head, "object": object_name, "choices": [chunk(index, text, None)]})}
-                async for index, delta, reason in flight.deltas(request):
-                    piece = chunk(index, delta, reason)
-                    if reason is not None:
+                async for index, delta, update in flight.deltas(request):
+                    piece = chunk(index, delta, update.finish_reason)
+                    if update.finish_reason is not None:
                         piece["nfe"] = flight.choices[index].nfe
+                    if update.tokens is not None:
+                        piece["denoise"] = {"step": update.step, "nfe": update.nfe,
+                                            "tokens": engine.pieces(update.tokens)}
                     yield {"data": json.dumps({**head, "object": object_name, "choices": [piece]})}
                 if include_usage:
                     yield {"data": json.dumps({**head, "object": object_name, "choices": [], "usage": usage()})}
@@ -228,6 +235,11 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
             yield {"data": "[DONE]"}
 
         return EventSourceResponse(events(), ping=15)
+
+    if page:
+        from .page import add_page
+
+        add_page(app, engine)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -244,7 +256,7 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
         check(body)
         prompts = _prompts(body.prompt)
         rows = engine.jobs(prompts, suffix=body.suffix, n=body.n, seed=body.seed, stops=body.stops(),
-                           max_tokens=body.max_tokens, fields=fields(body))
+                           max_tokens=body.max_tokens, fields=fields(body), trace=body.trace)
         prompt_tokens = sum(len(prompt_jobs[0].prompt) + len(prompt_jobs[0].suffix) for prompt_jobs in rows)
         opening = [(prompt if isinstance(prompt, str) else engine.decode(prompt)) if body.echo else ""
                    for prompt in prompts for _ in range(body.n)]
@@ -263,7 +275,8 @@ def create_app(engine: Engine, limits: Limits) -> FastAPI:
         check(body)
         prompt = chat_prompt(engine.tokenizer, [(m.role, m.text()) for m in body.messages])
         rows = engine.jobs([prompt], suffix=None, n=body.n, seed=body.seed, stops=body.stops(),
-                           max_tokens=body.max_completion_tokens or body.max_tokens, fields=fields(body))
+                           max_tokens=body.max_completion_tokens or body.max_tokens, fields=fields(body),
+                           trace=body.trace)
 
         def chunk(index: int, text: str, reason: str | None) -> dict:
             return {"index": index, "delta": {"role": "assistant", "content": text} if text or reason is None

@@ -30,12 +30,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_background(engine: Any, *, startup_timeout: float = 30.0, **limits: Any) -> Iterator[Running]:
-    """Serve ``engine`` on 127.0.0.1 at a free port until the block ends (``limits`` are ``Limits`` fields)."""
+def serve_in_background(engine: Any, *, startup_timeout: float = 30.0, page: bool = False,
+                        **limits: Any) -> Iterator[Running]:
+    """Serve ``engine`` on 127.0.0.1 at a free port until the block ends (``limits`` are ``Limits`` fields;
+    ``page`` adds the web chat page)."""
     import uvicorn
 
     port = free_port()
-    app = create_app(engine, Limits(port=port, **limits))
+    app = create_app(engine, Limits(port=port, **limits), page=page)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

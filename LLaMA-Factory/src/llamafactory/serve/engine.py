@@ -36,6 +36,8 @@ class Update:
     finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
     completion_tokens: int = 0
     nfe: int = 0
+    step: int = 0  # reverse steps this row has taken
+    tokens: list[int] | None = None  # every generated column, masks included (only for a traced job)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Job:
     seed: int
     stops: list[str]
     width: int  # prompt columns, padding included
+    trace: bool = False  # send every step's columns, not only the settled text (the web page draws them)
+    steps_taken: int = 0
     sink: Callable[[Update | Exception], None] = lambda update: None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -107,7 +111,7 @@ class Engine:
         return ids
 
     def jobs(self, prompts: Sequence[str | Sequence[int]], *, suffix: str | None, n: int, seed: int | None,
-             stops: list[str], max_tokens: int | None, fields: dict[str, Any]) -> list[list[Job]]:
+             stops: list[str], max_tokens: int | None, fields: dict[str, Any], trace: bool = False) -> list[list[Job]]:
         """The rows of a request, ``n`` per prompt (choice ``i`` of prompt ``p`` draws from seed + p n + i)."""
         new_tokens, config = self.settings(max_tokens, fields)
         if len(stops) > 4:
@@ -124,7 +128,7 @@ class Engine:
             width = -(-len(ids) // PROMPT_BUCKET) * PROMPT_BUCKET
             if self.limit is not None:
                 width = min(width, self.limit - new_tokens - len(suffix_ids))
-            rows.append([Job(ids, suffix_ids, new_tokens, config, base + p * n + i, list(stops), width)
+            rows.append([Job(ids, suffix_ids, new_tokens, config, base + p * n + i, list(stops), width, trace)
                          for i in range(n)])
         return rows
 
@@ -133,6 +137,10 @@ class Engine:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def pieces(self, ids: Sequence[int]) -> list[str | None]:
+        """Each column's own text, ``None`` where it is still masked (what the web page draws)."""
+        return [None if token == self.model.mask_id else self.decode([token]) for token in ids]
 
     def read(self, job: Job, generated: Sequence[int], done: bool) -> Update:
         """What a row's generated columns say: the text of its fixed prefix (up to the first mask, EOS or stop

@@ -43,16 +43,20 @@ def load_engine(argv: list[str], name: str | None = None) -> Engine:
     return Engine.load(model, tokenizer, source, name)
 
 
-def serve(argv: list[str]) -> None:
+WEBCHAT_PORT = 7860  # upstream's webchat port
+
+
+def serve(argv: list[str], page: bool = False) -> None:
+    """``api`` (``page=False``) or ``webchat``: the same app and scheduler, the latter also serving the page."""
     import uvicorn
 
     from .app import create_app
 
-    limits = Limits.from_env()
+    limits = Limits.from_env(port=WEBCHAT_PORT if page else None)
     engine = load_engine(argv, limits.model_name)
-    logger.warning("serving %s on http://%s:%d (API key %s)", engine.name, limits.host, limits.port,
-                   "required" if limits.api_key else "not required")
-    uvicorn.run(create_app(engine, limits), host=limits.host, port=limits.port, log_level="info")
+    logger.warning("serving %s on http://%s:%d%s (API key %s)", engine.name, limits.host, limits.port,
+                   " (web chat at /)" if page else "", "required" if limits.api_key else "not required")
+    uvicorn.run(create_app(engine, limits, page=page), host=limits.host, port=limits.port, log_level="info")
 
 
 def chat(argv: list[str], settings: dict[str, Any] | None = None) -> None:

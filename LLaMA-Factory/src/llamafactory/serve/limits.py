@@ -52,10 +52,12 @@ class Limits:
     max_body: int = 1 << 20  # bytes of a request body; more gives 413
 
     @classmethod
-    def from_env(cls) -> Limits:
+    def from_env(cls, port: int | None = None) -> Limits:
+        """The limits the environment sets; ``port`` is the default port (8000 for ``api``, 7860 for
+        ``webchat``)."""
         return cls(
             host=os.environ.get("API_HOST") or cls.host,
-            port=_integer("API_PORT", cls.port, 1),
+            port=_integer("API_PORT", port or cls.port, 1),
             api_key=os.environ.get("API_KEY") or None,
             model_name=os.environ.get("API_MODEL_NAME") or None,
             max_batch=_integer("API_MAX_BATCH", cls.max_batch, 1),

@@ -124,8 +124,11 @@ class Scheduler:
             if job.cancelled.is_set():
                 leaving.append(row)
                 continue
+            job.steps_taken += 1
             update = self.engine.read(job, final[row][: job.new_tokens], row not in live)
-            update.nfe = int(state.nfe[row])
+            update.nfe, update.step = int(state.nfe[row]), job.steps_taken
+            if job.trace:
+                update.tokens = final[row][: job.new_tokens]
             job.sink(update)
             if update.finish_reason is not None:
                 leaving.append(row)
