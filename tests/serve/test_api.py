@@ -54,7 +54,8 @@ def test_traced_stream_sends_every_step_and_the_same_answer(client, engine):
     chunks = list(_complete(client, "Once upon a time", seed=7, max_tokens=24, stream=True,
                             extra={"trace": True}))
     assert "".join(chunk.choices[0].text for chunk in chunks) == whole.text
-    frames = [chunk.choices[0].model_extra["denoise"] for chunk in chunks if chunk.choices[0].model_extra.get("denoise")]
+    frames = [chunk.choices[0].model_extra["denoise"] for chunk in chunks
+              if chunk.choices[0].model_extra.get("denoise")]
     assert [frame["step"] for frame in frames] == list(range(1, len(frames) + 1))
     assert frames[-1]["nfe"] == whole.model_extra["nfe"]
     masked = [frame["tokens"].count(None) for frame in frames]

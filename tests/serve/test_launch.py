@@ -11,8 +11,8 @@ from llamafactory.cli import main
 from llamafactory.errors import UserInputError
 from llamafactory.serve.background import serve_in_background
 from llamafactory.serve.chat import terminal_chat
-from llamafactory.serve.limits import Limits
 from llamafactory.serve.launch import WEBCHAT_PORT
+from llamafactory.serve.limits import Limits
 
 FIELDS = {"seed": 5, "max_tokens": 10, "steps": 10}
 
