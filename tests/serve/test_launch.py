@@ -59,3 +59,17 @@ def test_a_config_without_a_model_is_one_error_line(tmp_path, capsys):
     config.write_text("learning_rate: 1.0e-4\n")
     assert main(["webchat", str(config)]) != 0
     assert "set model_name_or_path" in capsys.readouterr().err
+
+
+def test_the_configs_sampler_keys_replace_the_checkpoints_defaults():
+    from llamafactory.serve.launch import load_engine
+
+    from .conftest import BUNDLED
+
+    engine = load_engine([f"model_name_or_path={BUNDLED}", "diffusion_steps=7", "decoding_strategy=topk",
+                          "threshold=0.5"])
+    defaults = engine.defaults.sampler_arguments({})
+    assert (defaults["steps"], defaults["strategy"], defaults["threshold"]) == (7, "topk", 0.5)
+    assert engine.settings(None, {"steps": 9})[1].steps == 9  # a request's field still wins
+    with pytest.raises(UserInputError, match="threshold"):
+        load_engine([f"model_name_or_path={BUNDLED}", "threshold=2"])

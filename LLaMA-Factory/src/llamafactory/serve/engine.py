@@ -77,14 +77,21 @@ class Engine:
         self.eos_id = model.tokens.eos_id
 
     @classmethod
-    def load(cls, model: DiffusionLM, tokenizer: Any, checkpoint: str, name: str | None = None) -> Engine:
-        """Defaults from the checkpoint's generation_config.json (the schema's where it has none)."""
+    def load(cls, model: DiffusionLM, tokenizer: Any, checkpoint: str, name: str | None = None,
+             overrides: dict[str, Any] | None = None) -> Engine:
+        """Defaults from the checkpoint's generation_config.json (the schema's where it has none), replaced by
+        ``overrides`` (the serving config's sampler keys, any spelling); a bad one is refused here, at start."""
         path = Path(checkpoint)
         if (path / "generation_config.json").is_file():
             defaults = DiffusionGenerationConfig.adopt(DiffusionGenerationConfig.from_pretrained(path))
         else:
             defaults = DiffusionGenerationConfig()
-        return cls(model, tokenizer, name or path.name or str(checkpoint), defaults)
+        engine = cls(model, tokenizer, name or path.name or str(checkpoint), defaults)
+        if overrides:
+            values = defaults.sampler_arguments(overrides)
+            engine.settings(values.get("max_new_tokens"), values)
+            engine.defaults = DiffusionGenerationConfig.from_settings(values)
+        return engine
 
     def settings(self, max_tokens: int | None, fields: dict[str, Any]) -> tuple[int, SamplingConfig]:
         """``(max_tokens, SamplingConfig)``: the checkpoint's defaults replaced by the request's fields (any

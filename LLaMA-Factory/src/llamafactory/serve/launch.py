@@ -7,6 +7,7 @@ import logging
 from dataclasses import fields
 from typing import Any
 
+from ..hparams.generating_args import CONFIG_KEYS, GeneratingArguments
 from ..hparams.model_args import ModelArguments
 from ..hparams.parser import _known_fields, _reject_unknown_keys, _rename_legacy_keys, coerce_value, read_args
 from .engine import Engine
@@ -15,14 +16,19 @@ from .limits import Limits
 logger = logging.getLogger(__name__)
 
 
-def model_arguments(argv: list[str]) -> ModelArguments:
-    """The model keys of ``CONFIG.yaml [key=value ...]``; a training config's other keys are accepted and unused."""
+def config_arguments(argv: list[str]) -> tuple[ModelArguments, dict[str, Any]]:
+    """The model keys of ``CONFIG.yaml [key=value ...]`` and its sampler keys (``do_predict``'s, e.g.
+    ``diffusion_steps``, ``decoding_strategy``, ``threshold``), which replace the checkpoint's
+    generation_config.json defaults; a training config's other keys are accepted and unused."""
     config = _rename_legacy_keys(read_args(argv))
     known = _known_fields()
     _reject_unknown_keys(config, known)
     names = {item.name for item in fields(ModelArguments)}
-    return ModelArguments(**{key: coerce_value(key, value, known[key][1]) for key, value in config.items()
-                             if key in names})
+    model = ModelArguments(**{key: coerce_value(key, value, known[key][1]) for key, value in config.items()
+                              if key in names})
+    sampler = {key: coerce_value(key, value, known[key][1]) for key, value in config.items()
+               if known[key][0] is GeneratingArguments or key == STEPS_KEY}
+    return model, sampler
 
 
 def load_engine(argv: list[str], name: str | None = None) -> Engine:
@@ -31,7 +37,7 @@ def load_engine(argv: list[str], name: str | None = None) -> Engine:
     from ..ddm import load_diffusion_lm
     from ..errors import UserInputError
 
-    args = model_arguments(argv)
+    args, sampler = config_arguments(argv)
     source = args.checkpoint_dir or args.model_name_or_path
     if not source:
         raise UserInputError("the config names no model: set model_name_or_path (and checkpoint_dir for a ddm checkpoint)")
@@ -40,9 +46,10 @@ def load_engine(argv: list[str], name: str | None = None) -> Engine:
         source, base_model=args.model_name_or_path if args.checkpoint_dir else None, adapters=args.adapters or None,
         attn_implementation=args.attn_implementation, device=device, trust_remote_code=args.trust_remote_code)
     model.eval()
-    return Engine.load(model, tokenizer, source, name)
+    return Engine.load(model, tokenizer, source, name, overrides=sampler)
 
 
+STEPS_KEY = CONFIG_KEYS["steps"]  # a finetuning key of the config, and the sampler's steps
 WEBCHAT_PORT = 7860  # upstream's webchat port
 
 
