@@ -73,3 +73,18 @@ def test_the_configs_sampler_keys_replace_the_checkpoints_defaults():
     assert engine.settings(None, {"steps": 9})[1].steps == 9  # a request's field still wins
     with pytest.raises(UserInputError, match="threshold"):
         load_engine([f"model_name_or_path={BUNDLED}", "threshold=2"])
+
+
+def test_a_block_model_refuses_a_suffix_with_one_line():
+    from llamafactory.ddm import DiffusionLM
+    from llamafactory.serve.engine import Engine
+    from llamafactory.serve.launch import load_engine
+
+    from .conftest import BUNDLED
+
+    loaded = load_engine([f"model_name_or_path={BUNDLED}"])
+    model = DiffusionLM(loaded.model.model, loaded.model.tokens, shift=loaded.model.shift, block_size=4).eval()
+    block = Engine.load(model, loaded.tokenizer, str(BUNDLED))
+    assert block.jobs(["Once"], suffix=None, n=1, seed=1, stops=[], max_tokens=8, fields={})[0][0].new_tokens == 8
+    with pytest.raises(UserInputError, match=r"block-causal \(block_size=4\)"):
+        block.jobs(["Once"], suffix=" the end", n=1, seed=1, stops=[], max_tokens=8, fields={})

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from llamafactory.serve.background import Running, serve_in_background
+from tests.serve.conftest import BUNDLED
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -157,3 +158,45 @@ def test_bad_input_gives_a_message_and_the_page_keeps_working(browser, page_serv
     browser.find_element(By.ID, "fill").click()
     assert finished(browser) == "done"
     assert message.text == ""
+
+
+@pytest.fixture(scope="module")
+def block_server() -> Iterator[Running]:
+    """The bundled model run block-causally (block size 4), EOS suppressed so every answer takes many steps."""
+    from llamafactory.ddm import DiffusionLM
+    from llamafactory.serve.engine import Engine
+    from llamafactory.serve.launch import load_engine
+
+    loaded = load_engine([f"model_name_or_path={BUNDLED}"])
+    model = DiffusionLM(loaded.model.model, loaded.model.tokens, shift=loaded.model.shift, block_size=4).eval()
+    block = Engine.load(model, loaded.tokenizer, str(BUNDLED), "diffugpt-tiny-block4",
+                        overrides={"suppress_tokens": [loaded.eos_id]})
+    with serve_in_background(block, page=True, max_batch=16, max_queue=64, timeout=120) as running:
+        yield running
+
+
+def test_a_block_diffusion_model_in_the_page(browser, block_server) -> None:
+    open_page(browser, block_server)
+    assert "block size 4" in browser.find_element(By.ID, "model").text
+    type_into(browser, "max_tokens", "12")
+    type_into(browser, "block_length", "4")
+    type_into(browser, "prompt", "Before we proceed")
+    browser.find_element(By.ID, "send").click()
+    assert finished(browser) == "done", browser.find_element(By.ID, "message").text
+    shown = browser.find_element(By.ID, "final").get_attribute("textContent")
+    frames = check_denoising_was_drawn(browser)
+    assert len(frames[0]["tokens"]) == 12
+    masks = [frame["tokens"].count(None) for frame in frames]
+    assert masks[-1] == 0 and any(m % 4 == 0 and m > 0 for m in masks[1:])  # blocks finish left to right
+    messages = [{"role": "user", "content": "Before we proceed"}]
+    expected = api_text(block_server, "/v1/chat/completions", {"block_length": 4, "max_tokens": 12,
+                                                               "messages": messages})
+    assert shown == expected
+    browser.find_element(By.ID, "tab-infill").click()
+    type_into(browser, "prefix", "Before we proceed")
+    type_into(browser, "gap", "4")
+    type_into(browser, "suffix", " speak.")
+    browser.find_element(By.ID, "fill").click()
+    assert finished(browser) == "error"
+    assert "needs a full-sequence diffusion model" in browser.find_element(By.ID, "message").text
+

@@ -123,6 +123,9 @@ class Engine:
         new_tokens, config = self.settings(max_tokens, fields)
         if len(stops) > 4:
             raise UserInputError(f"stop takes at most 4 strings, got {len(stops)}")
+        if suffix and self.model.block_size is not None:
+            raise UserInputError(f"suffix (infilling) needs a full-sequence diffusion model; this one is block-causal "
+                                 f"(block_size={self.model.block_size}), so no block would see the suffix")
         suffix_ids = self.tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
         base = secrets.randbits(62) if seed is None else seed
         rows = []
