@@ -72,6 +72,13 @@ def finished(browser) -> str:
     return body.get_attribute("data-state")
 
 
+def answer(browser, button: str) -> str:
+    """Press ``button``, wait for the answer, and return the final text the page shows."""
+    browser.find_element(By.ID, button).click()
+    assert finished(browser) == "done", browser.find_element(By.ID, "message").text
+    return browser.find_element(By.ID, "final").get_attribute("textContent")
+
+
 def replay(browser, step: int) -> tuple[int, int]:
     """Move the replay slider to ``step``; the (masked, newly fixed) positions the canvas then shows."""
     browser.execute_script("const s = document.getElementById('replay'); s.value = arguments[0];"
@@ -105,9 +112,7 @@ def test_chat_in_the_page_equals_the_api(browser, page_server, tmp_path: Path) -
     open_page(browser, page_server)
     type_into(browser, "max_tokens", "24")
     type_into(browser, "prompt", "ROMEO: What light")
-    browser.find_element(By.ID, "send").click()
-    assert finished(browser) == "done", browser.find_element(By.ID, "message").text
-    shown = browser.find_element(By.ID, "final").get_attribute("textContent")
+    shown = answer(browser, "send")
     frames = check_denoising_was_drawn(browser)
     assert len(frames[0]["tokens"]) == 24
     replay(browser, len(frames) // 2)
@@ -125,9 +130,7 @@ def test_infilling_in_the_page_equals_the_api(browser, page_server, tmp_path: Pa
     type_into(browser, "prefix", "First Citizen: Before we proceed")
     type_into(browser, "gap", "10")
     type_into(browser, "suffix", " speak, speak.")
-    browser.find_element(By.ID, "fill").click()
-    assert finished(browser) == "done", browser.find_element(By.ID, "message").text
-    shown = browser.find_element(By.ID, "final").get_attribute("textContent")
+    shown = answer(browser, "fill")
     check_denoising_was_drawn(browser)
     canvas = browser.find_element(By.ID, "canvas").text
     assert canvas.startswith("First Citizen: Before we proceed") and canvas.endswith(" speak, speak.")
@@ -181,9 +184,7 @@ def test_a_block_diffusion_model_in_the_page(browser, block_server) -> None:
     type_into(browser, "max_tokens", "12")
     type_into(browser, "block_length", "4")
     type_into(browser, "prompt", "Before we proceed")
-    browser.find_element(By.ID, "send").click()
-    assert finished(browser) == "done", browser.find_element(By.ID, "message").text
-    shown = browser.find_element(By.ID, "final").get_attribute("textContent")
+    shown = answer(browser, "send")
     frames = check_denoising_was_drawn(browser)
     assert len(frames[0]["tokens"]) == 12
     masks = [frame["tokens"].count(None) for frame in frames]
