@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from llamafactory.ddm import DiffusionLM, SamplingConfig, SpecialTokens, Step, generate
 from llamafactory.ddm.proposals import propose
@@ -127,7 +128,7 @@ def test_llada_low_confidence_is_llada(model, batch, gen_length, steps, block_le
 
 @pytest.mark.parametrize("batch", sorted(BATCHES))
 @pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
-@pytest.mark.parametrize("gen_length, steps", [(8, 8), (12, 5)])
+@pytest.mark.parametrize("gen_length, steps", [(8, 8), (12, 5), (32, 16)])
 def test_dream_algorithms_are_dream(model, batch, alg, gen_length, steps):
     prompt, padding = _prompts(BATCHES[batch])
     expected, nfe = dream_reference(model, prompt, padding, gen_length, steps, alg)
@@ -136,6 +137,84 @@ def test_dream_algorithms_are_dream(model, batch, alg, gen_length, steps):
     real = torch.cat([padding, torch.ones(prompt.shape[0], gen_length, dtype=torch.long)], dim=1).bool()
     assert torch.equal(out.sequences[real], expected[real])
     assert out.nfe.tolist() == [nfe] * prompt.shape[0]
+
+
+@pytest.fixture(scope="module")
+def peaked() -> DiffusionLM:
+    """The tiny model with its logits scaled up and the mask token's output row (untied) damped, so that
+    thresholds of 0.5 and 0.9 fix several tokens at some steps and one at others, while the mask token keeps
+    enough mass that the two confidence distributions often disagree."""
+    causal = tiny_gpt2(VOCAB, n_positions=128)
+    causal.transformer.ln_f.weight.data *= 30
+    causal.lm_head.weight = torch.nn.Parameter(causal.lm_head.weight.detach().clone())
+    causal.lm_head.weight.data[MASK] *= 0.6
+    return DiffusionLM(causal, SpecialTokens(mask_id=MASK, bos_id=BOS, eos_id=1, pad_id=PAD)).eval()
+
+
+def _window_logits(model: DiffusionLM, x: torch.Tensor, padding: torch.Tensor, keys: DynamicCache,
+                   window: torch.Tensor) -> torch.Tensor:
+    """Logits of the columns ``window`` run against a copy of the block-start keys and values of every other
+    column (attention is bidirectional: the keys' storage order does not matter)."""
+    positions = (padding.cumsum(dim=1) - 1).clamp(min=0)
+    outside = torch.tensor([c for c in range(x.shape[1]) if c not in set(window.tolist())])
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, outside], v[:, :, outside]) for k, v, _ in keys])
+    return model.causal_lm()(input_ids=x[:, window], attention_mask=padding[:, torch.cat([outside, window])],
+                             position_ids=positions[:, window], cache=cache, use_cache=True).logits
+
+
+def fast_dllm_dual_cache_reference(model, prompt, padding, gen_length, block_length, threshold):
+    """Fast-dLLM's dual-cache threshold decoding with LLaDA's low-confidence order, greedy: at each block
+    start one full forward caches every column's keys and values and gives the first step's logits; each
+    later step runs only the block (and, under shift, the column before it, whose output predicts the
+    block's first token) against that cache. A step fixes the most confident masked position of the block
+    and every other one whose full-softmax probability is at least ``threshold``; a row that has filled the
+    block waits. Returns the tokens and each row's NFE."""
+    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), MASK)], dim=1)
+    padding = torch.cat([padding, torch.ones(prompt.shape[0], gen_length, dtype=torch.long)], dim=1)
+    positions = (padding.cumsum(dim=1) - 1).clamp(min=0)
+    nfe = [0] * x.shape[0]
+    for start in range(prompt.shape[1], x.shape[1], block_length):
+        end = start + block_length
+        full = model.causal_lm()(input_ids=x, attention_mask=padding, position_ids=positions, use_cache=True)
+        logits, keys = torch.cat([full.logits[:, :1], full.logits[:, :-1]], dim=1)[:, start:end], full.cache
+        window = torch.arange(start - 1, end)
+        while bool((x[:, start:end] == MASK).any()):
+            probs, x0 = _greedy_candidates(logits)
+            masked = x[:, start:end] == MASK
+            confidence = torch.where(masked, probs.gather(-1, x0[..., None]).squeeze(-1), -math.inf)
+            for row in range(x.shape[0]):
+                if not bool(masked[row].any()):
+                    continue
+                order = confidence[row].argsort(descending=True)
+                chosen = [int(order[0])] + [int(i) for i in order[1:] if confidence[row, i] >= threshold]
+                x[row, start + torch.tensor(chosen)] = x0[row, chosen]
+                nfe[row] += 1
+            logits = _window_logits(model, x, padding, keys, window)[:, :-1]
+    return x, nfe
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+@pytest.mark.parametrize("threshold", [0.9, 0.5])
+def test_fast_dllm_dual_cache_threshold_is_fast_dllm(peaked, batch, threshold):
+    prompt, padding = _prompts(BATCHES[batch])
+    with torch.no_grad():
+        expected, nfe = fast_dllm_dual_cache_reference(peaked, prompt, padding, 64, 16, threshold)
+    out = generate(peaked, prompt, padding, gen_length=64, steps=64, block_length=16, remasking="low_confidence",
+                   threshold=threshold, cache="dual", temperature=0.0, top_p=None, return_dict=True)
+    real = torch.cat([padding, torch.ones(prompt.shape[0], 64, dtype=torch.long)], dim=1).bool()
+    assert torch.equal(out.sequences[real], expected[real])
+    assert out.nfe.tolist() == nfe
+    assert max(nfe) < 64  # some steps fixed several tokens: the threshold was exercised
+    ours = generate(peaked, prompt, padding, gen_length=64, steps=64, block_length=16, strategy="threshold",
+                    threshold=threshold, cache="dual", temperature=0.0, top_p=None)
+    assert not torch.equal(ours[real], expected[real])  # the project's own confidence decides otherwise here
+
+
+def test_low_confidence_with_two_rules_settings_needs_a_strategy(model):
+    prompt, padding = _prompts([4])
+    with pytest.raises(UserInputError, match="remasking='low_confidence' with settings of the rules threshold, "
+                                             "factor: give strategy= to choose one"):
+        generate(model, prompt, padding, gen_length=8, steps=8, remasking="low_confidence", threshold=0.9, factor=1.0)
 
 
 def _fixed_per_step(schedule: str, n: int, steps: int) -> list[int]:

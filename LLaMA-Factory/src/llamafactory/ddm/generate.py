@@ -26,6 +26,7 @@ from .settings import (
     GENERATE_SETTINGS,
     MAX_NEW_TOKENS,
     RULE_ALIASES,
+    SETTINGS,
     SamplingConfig,
     canonical,
     takes_settings,
@@ -66,7 +67,8 @@ def sampler_config(settings: Mapping[str, Any], *, shift: bool, record_history: 
     resolved = resolve_rule(values.pop("strategy", None), alg=values.pop("alg", None),
                             remasking=values.pop("remasking", None), confidence=values.pop("confidence", None),
                             schedule=values.pop("schedule", None),
-                            confidence_distribution=values.pop("confidence_distribution", None))
+                            confidence_distribution=values.pop("confidence_distribution", None),
+                            rule_settings=[s.rule for s in SETTINGS if s.rule is not None and s.name in values])
     rule = {name: value for name, value in vars(resolved).items() if value is not None}
     config = SamplingConfig(**values, **rule, shift=shift, record_history=record_history)
     config.validate()

@@ -230,12 +230,20 @@ class ResolvedRule:
 
 def resolve_rule(strategy: str | Strategy | None = None, *, alg: str | None = None, remasking: str | None = None,
                  confidence: str | None = None, schedule: str | None = None,
-                 confidence_distribution: str | None = None) -> ResolvedRule:
+                 confidence_distribution: str | None = None, rule_settings: Sequence[str] = ()) -> ResolvedRule:
     """The rule settings from this project's names or Dream's ``alg`` / LLaDA's ``remasking``.
 
     A peer's name sets, unless given explicitly, the rule, the measure, the peer's schedule and the full
-    softmax as the confidence distribution; a measure that contradicts it is an error.
+    softmax as the confidence distribution; a measure that contradicts it is an error. ``rule_settings``
+    names the rules whose own settings were given (``threshold``, ``factor``, ``eb_gamma``): with
+    ``remasking="low_confidence"`` and no ``strategy`` such a setting selects its rule, as a given
+    ``threshold`` or ``factor`` selects Fast-dLLM's threshold or factor decoding.
     """
+    if remasking == "low_confidence" and strategy is None and rule_settings:
+        if len(rule_settings) > 1:
+            raise UserInputError(f"remasking='low_confidence' with settings of the rules {', '.join(rule_settings)}: "
+                                 "give strategy= to choose one")
+        strategy = rule_settings[0]
     for name, value, table in (("alg", alg, DREAM_ALGORITHMS), ("remasking", remasking, LLADA_REMASKING)):
         if value is None:
             continue
