@@ -36,7 +36,7 @@ class DiffusionEngine:
         self.meter = GenerationMeter()
         self.max_length = window(model.config)
         tokens = model.tokens
-        self.eos_ids = frozenset(i for i in (tokens.eos_id, tokens.pad_id) if i is not None)
+        self.eos_ids = tokens.end_ids
         self._pad_id = next((i for i in (tokens.pad_id, tokens.eos_id) if i is not None), tokens.mask_id)
 
     def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, steps: int, seed: int,

@@ -32,12 +32,13 @@ import logging
 from collections import Counter
 from typing import Any
 
+import lm_eval.models  # noqa: F401  (the built-in models; the registry loads them only while it is empty)
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from llamafactory.ddm import load_diffusion_lm, sequence_nll
+from llamafactory.ddm import load_diffusion_lm, sequence_nll, with_start_token
 from llamafactory.ddm.settings import BY_NAME, canonical
 from llamafactory.entry_points import resolve_dtype
 from llamafactory.errors import UserInputError
@@ -139,7 +140,8 @@ class DiffLLM(LM):
         return (context_ids or self._start()), continuation_ids
 
     def _prompt(self, context: str) -> list[int]:
-        return encode_prefix(self.engine.tokenizer, context) or self._start()
+        """A generation prompt: led by the start token, as every generation surface's (the server's included)."""
+        return with_start_token(self.engine.tokenizer, encode_prefix(self.engine.tokenizer, context))
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [self._pair(*request.args) for request in requests]
@@ -186,7 +188,8 @@ class DiffLLM(LM):
         holes = self.engine.fill(fills, self.engine.decoding, desc="generate_until")
         results = []
         for request, hole, until in zip(requests, holes, stops):
-            text = self.engine.tokenizer.decode(hole, skip_special_tokens=True)
+            end = next((at for at, token in enumerate(hole) if token in self.engine.eos_ids), len(hole))
+            text = self.engine.tokenizer.decode(hole[:end], skip_special_tokens=True)
             cut = min([text.find(stop) for stop in until if stop and stop in text], default=len(text))
             self.cache_hook.add_partial("generate_until", request.args, text[:cut])
             results.append(text[:cut])

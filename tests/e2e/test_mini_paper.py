@@ -21,7 +21,8 @@ from tests.tolerance import close
 
 MINI_PAPER = FACTORY / "examples" / "mini_paper"
 COMMITTED = REPO / "example_output" / "mini_paper"
-RUNS = ("ar", "ddm-adapted", "ddm-no-anneal", "ddm-no-shift", "ddm-scratch", "ddm-scratch-long")
+RUNS = ("ar", "ddm-adapted", "ddm-no-anneal", "ddm-no-shift", "ddm-scratch", "ddm-scratch-long", "ddm-block4",
+        "ddm-block16")
 
 
 def script(name: str) -> ModuleType:
@@ -183,13 +184,19 @@ def test_a_shortened_run_goes_through_every_stage_and_writes_every_output(tmp_pa
     assert list(models) == list(RUNS)
     assert {name: (m["ar_steps"], m["diffusion_steps"]) for name, m in models.items()} == {
         "ar": (8, 0), "ddm-adapted": (8, 6), "ddm-no-anneal": (8, 6), "ddm-no-shift": (8, 6), "ddm-scratch": (0, 6),
-        "ddm-scratch-long": (0, 14)}
-    assert [models[n]["shift"] for n in RUNS[1:]] == [True, True, False, True, True]
-    assert [models[n]["anneal_steps"] for n in RUNS[1:]] == [3, 1, 3, 1, 1]
+        "ddm-scratch-long": (0, 14), "ddm-block4": (8, 6), "ddm-block16": (8, 6)}
+    assert [models[n]["shift"] for n in RUNS[1:]] == [True, True, False, True, True, True, True]
+    assert [models[n]["anneal_steps"] for n in RUNS[1:]] == [3, 1, 3, 1, 1, 3, 3]
+    assert [models[n]["block_size"] for n in RUNS[1:]] == [None] * 5 + [4, 16]
     for name in RUNS[1:]:
         model = models[name]
+        block = model["block_size"] is not None
         assert model["likelihood"]["bound"] and [step for step, _ in model["validation"]][:2] == [0, 3]
-        assert set(model["generation"]["unconditional"]) == {"16", "64", "n"}
+        assert list(model["generation"]["unconditional"]) == ["n", "threshold"] if block else ["16", "64", "n", "threshold"]
+        assert (model["infilling"] is None) == block
+        for cell in model["generation"]["prefix"].values():  # every cell generated 32 - 8 tokens per row, 4 rows
+            assert cell["tokens"] == 4 * 24 and cell["seconds"] > 0 and cell["nfe"] >= 1
+        assert all(cell["nfe"] <= 4 * 24 for key, cell in model["generation"]["prefix"].items() if key != "64")
     curve = [loss for step, loss in models["ddm-scratch-long"]["validation"] if step > 0]
     assert curve[-1] < curve[0]
     assert script("report").render(results) == (out / "results.md").read_text()

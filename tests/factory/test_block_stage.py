@@ -218,3 +218,27 @@ def test_allow_block_size_change_lets_a_block_model_take_another_block_size(tiny
     preflight(block_size=16, allow_block_size_change=True)
     preflight(block_size=None, allow_block_size_change=True)
     preflight(block_size=BLOCK)
+
+
+def test_a_lora_adapter_keeps_its_block_size_and_every_loader_reads_it(tiny_models, datasets_cache, tmp_path):
+    output = tmp_path / "lora"
+    run_exp(tiny_config("llama_lora_ddm-sft.yaml", tiny_models, output, datasets_cache, block_size=BLOCK, max_steps=2,
+                        save_steps=1, save_total_limit=1, **QUICK))
+    for folder in (output, output / "checkpoint-2"):
+        assert json.loads((folder / "diffusion_config.json").read_text()) == {"block_size": BLOCK}
+        assert not (folder / "config.json").exists()
+    base = tiny_models / "llama"
+    model, _ = load_diffusion_lm(base, adapters=[str(output)])
+    assert model.block_size == BLOCK
+    ids = torch.randint(5, 300, (2, 3 * BLOCK), generator=torch.Generator().manual_seed(0))
+    _assert_never_looks_ahead(model, ids)
+    assert load_diffusion_lm(base)[0].block_size is None  # the base model itself is untouched
+
+    def preflight(**overrides) -> None:
+        config = tiny_config("llama_lora_ddm-sft.yaml", tiny_models, tmp_path / "out", datasets_cache,
+                             adapter_name_or_path=str(output), **overrides)
+        check_run_inputs(*get_train_args(config)[:4])
+
+    preflight(block_size=BLOCK)
+    with pytest.raises(UserInputError, match="diffusion_config.json records block_size 8\\) but the run sets block_size None"):
+        preflight(block_size=None)

@@ -165,7 +165,8 @@ def test_bad_input_gives_a_message_and_the_page_keeps_working(browser, page_serv
 
 @pytest.fixture(scope="module")
 def block_server() -> Iterator[Running]:
-    """The bundled model run block-causally (block size 4), EOS suppressed so every answer takes many steps."""
+    """The bundled model run block-causally (block size 4), its end tokens suppressed so every answer takes many
+    steps."""
     from llamafactory.ddm import DiffusionLM
     from llamafactory.serve.engine import Engine
     from llamafactory.serve.launch import load_engine
@@ -173,7 +174,7 @@ def block_server() -> Iterator[Running]:
     loaded = load_engine([f"model_name_or_path={BUNDLED}"])
     model = DiffusionLM(loaded.model.model, loaded.model.tokens, shift=loaded.model.shift, block_size=4).eval()
     block = Engine.load(model, loaded.tokenizer, str(BUNDLED), "diffugpt-tiny-block4",
-                        overrides={"suppress_tokens": [loaded.eos_id]})
+                        overrides={"suppress_tokens": sorted(loaded.end_ids)})
     with serve_in_background(block, page=True, max_batch=16, max_queue=64, timeout=120) as running:
         yield running
 

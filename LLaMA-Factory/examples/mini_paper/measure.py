@@ -6,13 +6,20 @@ For a diffusion model (``--diffusion DIR``, with the ``--shift`` it was trained 
   seed) on held-out windows packed as in training — an upper bound on the true NLL;
 * masked-span infilling: ``--span-words`` whole words in the middle of a held-out sentence, filled
   greedily, most-confident-first, one reverse step per token, with ``--context`` tokens given on each side;
-* generation quality at each T of ``--steps``: ``--samples`` unconditional sequences (from the record
-  separator) and as many continuations of held-out prefixes, scored by generative perplexity under the
-  AR model ``--ar`` and unigram entropy (nats; repetition lowers it).
+* generation quality at each T of ``--steps`` and under the threshold rule (``threshold``: at most one step
+  per token, every position at least 0.9 confident fixed at once): ``--samples`` unconditional sequences
+  (from the record separator) and as many continuations of held-out prefixes, scored by generative
+  perplexity under the AR model ``--ar`` and unigram entropy (nats; repetition lowers it), with the NFE per
+  generated token and tokens per second of each cell.
+
+A block-diffusion model (``block_size`` in its config) decodes block by block with its exact cache; it
+is measured at one step per token and under the threshold rule only (fewer steps than blocks do not
+exist for it), and not on infilling: its blocks never see right context beyond the current block.
 
 Without ``--diffusion`` the AR model itself is measured the same way: exact NLL, infilling given the
 prefix only (it cannot see the suffix), and left-to-right samples with the same sampler settings;
-the held-out text itself is scored as the reference for generation.
+the held-out text itself is scored as the reference for generation; its samples come from transformers'
+cached ``generate``.
 
 Every measurement goes through the evaluation's engines (``dlm_eval``: the core's ELBO, sampler and AR
 decoder). Diffusion samples draw from per-row generators seeded by (``--seed``, condition, row), so every
@@ -42,7 +49,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dlm_eval import AutoregressiveEngine, Decoding, DiffusionEngine, FillRequest
-from dlm_eval.engine import Engine
+from dlm_eval.engine import Engine, GenerationMeter
 from dlm_eval.spans import Span, exact_matches, fill_spans, parse_steps, token_accuracy
 from dlm_eval.text import encode
 from llamafactory.data.processors import pretrain_batch
@@ -57,6 +64,8 @@ logger = logging.getLogger(__name__)
 # model's distribution (no temperature, no nucleus), as generative perplexity is usually measured, so
 # that it scores the models rather than a truncation of them; random unmasking order (DiffuGPT's default).
 SAMPLER = {"strategy": "random", "temperature": 1.0, "top_p": None, "greedy": False}
+# The parallel cell: the same draws, the threshold rule at T = n (an upper bound) instead of the random order.
+THRESHOLD = {**SAMPLER, "strategy": "threshold", "threshold": 0.9}
 # Infilling: greedy, most confident first, one reverse step per token.
 INFILL = Decoding(strategy="topk", temperature=1.0, top_p=None, greedy=True)
 CONDITIONS = ("unconditional", "prefix")
@@ -142,13 +151,26 @@ def reference_text(task: GenerationTask, windows: list[list[int]]) -> tuple[list
     return [w[:cut] for w in rows], [w[cut:] for w in rows]
 
 
-def samples(engine: Engine, task: GenerationTask, seed: int, steps: int | None = None) -> list[list[int]]:
-    """The tokens after each prompt, sampled with the pinned sampler (no early stop); a diffusion engine
-    takes ``steps`` reverse steps (None: one per generated token)."""
+def samples(engine: Engine, task: GenerationTask, seed: int, steps: int | None = None,
+            sampler: dict[str, Any] = SAMPLER) -> list[list[int]]:
+    """The tokens after each prompt, sampled with ``sampler`` (no early stop); a diffusion engine takes
+    ``steps`` reverse steps (None: one per generated token)."""
     condition = CONDITIONS.index(task.condition)
     requests = [FillRequest(prompt, task.new_tokens, steps=steps or task.new_tokens,
                             seed=row_seed(seed, condition, row)) for row, prompt in enumerate(task.prompts)]
-    return engine.fill(requests, Decoding(**SAMPLER), desc=f"{task.condition} T={steps or 'n'}")
+    return engine.fill(requests, Decoding(**sampler), desc=f"{task.condition} T={steps or 'n'} {sampler['strategy']}")
+
+
+def timed_samples(engine: Engine, task: GenerationTask, seed: int, steps: int | None = None,
+                  sampler: dict[str, Any] = SAMPLER) -> tuple[list[list[int]], dict[str, float]]:
+    """``samples`` and what they cost: generated tokens, seconds, model calls (the engine's meter)."""
+    before = GenerationMeter()
+    before.add(engine.meter)
+    generated = samples(engine, task, seed, steps, sampler)
+    meter = engine.meter
+    cost = {"tokens": meter.tokens - before.tokens, "seconds": meter.seconds - before.seconds,
+            "nfe": meter.evaluations - before.evaluations}
+    return generated, cost
 
 
 def sentence_spans(text: str, span_words: int) -> list[list[tuple[int, int]]]:
@@ -232,8 +254,8 @@ def measure_model(args: argparse.Namespace) -> dict[str, Any]:
         result["infilling"] = infilling(judge, examples, tokenizer.eos_token_id)
         reference = {}
         for task in tasks:
-            generated = samples(judge, task, args.seed)
-            generation[task.condition]["ar"] = generation_quality(judge, task.prompts, generated)
+            generated, cost = timed_samples(judge, task, args.seed)
+            generation[task.condition]["ar"] = {**generation_quality(judge, task.prompts, generated), **cost}
             show(task, generated)
             reference[task.condition] = generation_quality(judge, *reference_text(task, windows))
         result["reference"] = reference
@@ -241,14 +263,16 @@ def measure_model(args: argparse.Namespace) -> dict[str, Any]:
         model, _ = load_diffusion_lm(args.diffusion, device="cpu", shift=args.shift)
         engine = DiffusionEngine(model, tokenizer, batch_size=args.batch_size)
         result.update(kind="diffusion", checkpoint=str(args.diffusion), shift=args.shift, anneal_steps=args.anneal_steps,
-                      likelihood=likelihood(engine, windows, args))
-        result["infilling"] = infilling(engine, examples, tokenizer.eos_token_id)
+                      block_size=model.block_size, likelihood=likelihood(engine, windows, args))
+        if model.block_size is None:
+            result["infilling"] = infilling(engine, examples, tokenizer.eos_token_id)
+        cells = [(str(steps), steps, SAMPLER) for steps in args.steps if steps is not None and model.block_size is None]
+        cells += [("n", None, SAMPLER), ("threshold", None, THRESHOLD)]
         for task in tasks:
-            for steps in args.steps:
-                generated = samples(engine, task, args.seed, steps)
-                generation[task.condition]["n" if steps is None else str(steps)] = generation_quality(
-                    judge, task.prompts, generated)
-                if steps is None:
+            for key, steps, sampler in cells:
+                generated, cost = timed_samples(engine, task, args.seed, steps, sampler)
+                generation[task.condition][key] = {**generation_quality(judge, task.prompts, generated), **cost}
+                if key == "n":
                     show(task, generated)
     result["generation"] = generation
     result["samples"] = shown
@@ -277,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16, help="generated sequences per condition and T (default 16)")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="tokens of a held-out prefix (default 32)")
     parser.add_argument("--steps", default="16,64,n",
-                        help="reverse steps T of generation; n = one per generated token (default 16,64,n)")
+                        help="reverse steps T of generation; n = one per generated token, always measured with the threshold "
+                        "cell; a block model only gets those two (default 16,64,n)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default 64)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -286,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = parse_steps(args.steps)
         result = measure_model(args)
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-        like, infill = result["likelihood"], result["infilling"]
-        logger.info("%s: NLL %s %.3f (ppl %.1f), infilling %.1f%% of tokens", args.name,
-                    "bound" if like["bound"] else "exact", like["nll"], like["perplexity"], infill["token_accuracy"])
+        like, infill = result["likelihood"], result.get("infilling")
+        logger.info("%s: NLL %s %.3f (ppl %.1f), infilling %s", args.name, "bound" if like["bound"] else "exact",
+                    like["nll"], like["perplexity"],
+                    "not measured (a block model)" if infill is None else f"{infill['token_accuracy']:.1f}% of tokens")
 
     return run_command(action)
 

@@ -10,6 +10,9 @@ The two figures are drawn from ``results.json`` too:
   against total training steps (AR + diffusion), with the AR base's exact validation NLL for scale;
 * generative perplexity against the number of reverse steps T, unconditional and prefix-conditioned.
 
+A speed table sets the NFE per generated token and tokens per second of each model's T = n and threshold
+cells beside the AR base's cached ``generate`` on the same prompts.
+
     python report.py --eval eval/ar.json eval/ddm-adapted.json ... --source data/source.json --seed 0 \\
         --command "bash examples/mini_paper/run.sh" --seconds 1800 --out ../example_output/mini_paper
 """
@@ -57,6 +60,8 @@ def label(model: dict[str, Any]) -> str:
         return "AR base (`pt`)"
     if model["init"] == "init":
         return f"diffusion from scratch, {model['diffusion_steps']} steps"
+    if model.get("block_size") is not None:
+        return f"block diffusion, B = {model['block_size']}"
     missing = [part for part, on in (("shift", model["shift"]), ("annealing", model["anneal_steps"] > 1)) if not on]
     return "adapted: shift + annealing" if not missing else "adapted without " + " and ".join(missing)
 
@@ -77,9 +82,10 @@ def collect(evaluations: list[dict[str, Any]], source: dict[str, Any], seed: int
         model = {
             "name": evaluation["name"], "kind": evaluation["kind"], "init": evaluation["init"],
             "shift": evaluation.get("shift"), "anneal_steps": evaluation.get("anneal_steps"),
+            "block_size": evaluation.get("block_size"),
             "ar_steps": ar_steps if (not diffusion or evaluation["init"] == "pt") else 0,
             "diffusion_steps": steps if diffusion else 0,
-            "likelihood": evaluation["likelihood"], "infilling": evaluation["infilling"],
+            "likelihood": evaluation["likelihood"], "infilling": evaluation.get("infilling"),
             "generation": evaluation["generation"], "samples": evaluation["samples"],
             "validation": loss_history(checkpoint, "eval_loss"),
         }
@@ -104,13 +110,44 @@ def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
 
 
 def step_labels(models: list[dict[str, Any]]) -> list[str]:
-    """The T values measured for the diffusion models, in order (``n`` = one step per token)."""
-    diffusion = next(m for m in models if m["kind"] == "diffusion")
-    return list(diffusion["generation"]["unconditional"])
+    """The generation cells measured for the diffusion models, in order (a T, ``n`` = one step per token,
+    ``threshold`` = the threshold rule)."""
+    labels: list[str] = []
+    for model in models:
+        if model["kind"] == "diffusion":
+            labels += [t for t in model["generation"]["unconditional"] if t not in labels]
+    return sorted(labels, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t == "threshold"))
+
+
+THRESHOLD_CELL = "threshold 0.9"
+
+
+def cell_name(label: str) -> str:
+    return THRESHOLD_CELL if label == "threshold" else f"T = {label}"
 
 
 def quality(cell: dict[str, float] | None) -> str:
     return "—" if cell is None else f"{cell['gen_ppl']:.1f} / {cell['entropy']:.2f}"
+
+
+def speed_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Per model and cell, both conditions together: NFE per generated token, tokens per second, and tokens
+    per second as a multiple of the AR base's cached ``generate``."""
+    def pooled(cells: list[dict[str, float]]) -> tuple[float, float]:
+        tokens = sum(c["tokens"] for c in cells)
+        return sum(c["nfe"] for c in cells) / tokens, tokens / sum(c["seconds"] for c in cells)
+
+    ar = next(m for m in results["models"] if m["kind"] == "autoregressive")
+    _, ar_speed = pooled([ar["generation"][cond]["ar"] for cond in CONDITIONS])
+    rows = [[ar["label"], "cached `generate`", "1.00", f"{ar_speed:.0f}", "1.00x"]]
+    for model in results["models"]:
+        if model["kind"] != "diffusion":
+            continue
+        for label in ("n", "threshold"):
+            nfe, speed = pooled([model["generation"][cond][label] for cond in CONDITIONS])
+            how = ("exact block cache" if model["block_size"] is not None else "no cache") + ", " + cell_name(label)
+            rows.append([model["label"], how, f"{nfe:.2f}", f"{speed:.0f}", f"{speed / ar_speed:.2f}x"])
+    return rows
 
 
 def render(results: dict[str, Any]) -> str:
@@ -131,33 +168,40 @@ def render(results: dict[str, Any]) -> str:
     for m in models:
         diffusion = m["kind"] == "diffusion"
         like, infill = m["likelihood"], m["infilling"]
+        block = m.get("block_size")
         rows.append([
             m["label"], "AR base" if m["init"] == "pt" else "random",
             ("on" if m["shift"] else "off") if diffusion else "—",
             (f"{m['anneal_steps']} steps" if m["anneal_steps"] > 1 else "none") if diffusion else "—",
+            ("full" if block is None else str(block)) if diffusion else "—",
             str(m["ar_steps"]), str(m["diffusion_steps"]), str(m["ar_steps"] + m["diffusion_steps"]),
             f"{like['nll']:.3f}" + ("" if like["bound"] else " (exact)"), f"{like['perplexity']:.1f}",
-            f"{infill['token_accuracy']:.1f}", f"{infill['exact_match']:.1f}",
+            *(["n/a (no right context)"] * 2 if infill is None else
+              [f"{infill['token_accuracy']:.1f}", f"{infill['exact_match']:.1f}"]),
         ])
-    lines += table(["model", "init", "shift", "annealing", "AR steps", "diffusion steps", "total steps",
+    lines += table(["model", "init", "shift", "annealing", "block", "AR steps", "diffusion steps", "total steps",
                     "NLL ↓ (nats/token)", "PPL ↓", "infilling token acc. ↑ (%)", "infilling exact ↑ (%)"],
-                   rows, "llllrrrrrrr")
+                   rows, "lllllrrrrrrr")
     lines += [
         "",
         f"NLL on the first {settings['windows']} held-out windows of {settings['window_tokens']} tokens, packed as in "
         "training (token 0 given, the rest scored). For the diffusion models it is the ELBO bound of "
         f"`llamafactory.ddm.sequence_nll` over {settings['levels']} fixed noise levels (seed {settings['seed']}): an "
         "**upper bound** on their true NLL, while the AR model's NLL is exact — the gap between the two is not all "
-        "model quality. Infilling: "
+        "model quality; a block model's bound is the sum over blocks of each block's bound given the clean "
+        "blocks before it (`block`: its size B; `full`: one diffusion over the whole window). Infilling: "
         f"{settings['spans']} spans of {settings['span_words']} whole words on one line in the middle of held-out sentences "
         f"(at least two words of the sentence on each side), {settings['context']} tokens of context on each side; "
         "diffusion models see both sides and fill greedily, most confident first, one step per token; the AR model "
-        "sees only the prefix and decodes greedily. Token accuracy is position by position.",
+        "sees only the prefix and decodes greedily. Token accuracy is position by position. A block model "
+        "decodes left to right over blocks and its blocks attend only to blocks before them, so a span's right "
+        "context beyond the current block is never seen: infilling is not something it does, and it is not "
+        "measured.",
         "",
         "## Generation quality: generative perplexity under the AR base ↓ / unigram entropy (nats)", "",
     ]
     sampler = settings["sampler"]
-    header = ["model"] + [f"{cond} T = {t}" for cond in CONDITIONS for t in steps]
+    header = ["model"] + [f"{cond} {cell_name(t)}" for cond in CONDITIONS for t in steps]
     rows = []
     for m in models:
         if m["kind"] == "diffusion":
@@ -173,11 +217,27 @@ def render(results: dict[str, Any]) -> str:
         f"{settings['samples']} sequences per cell, each filling a {settings['window_tokens']}-token window: "
         f"unconditional ones start from the record separator, prefixed ones continue the first "
         f"{settings['prompt_tokens']} tokens of a held-out window. `T = n`: one reverse step per generated token; "
-        "the AR base and the held-out text appear there (left to right). Sampler (`llamafactory.ddm.sample`): "
+        "the AR base and the held-out text appear there (left to right). "
+        f"`{THRESHOLD_CELL}`: the same draws, but each step fixes every masked position whose sampled token has "
+        "probability at least 0.9 (at least one; at most T = n steps). Block models decode block by block with "
+        "their exact key/value cache (blocks of their own B) and have no T below the number of blocks. "
+        "Sampler (`llamafactory.ddm.sample`): "
         f"strategy `{sampler['strategy']}`, temperature {sampler['temperature']}, top_p {sampler['top_p']}, greedy "
         f"{str(sampler['greedy']).lower()}; the AR base samples with the same temperature and top_p; every model "
         "draws with the same per-row seeds. Low entropy flags repetition; a generative perplexity far below the "
         "held-out text's with low entropy is a degenerate sample, not a good one.",
+        "",
+        "## Speed: model calls and tokens per second of generation", "",
+    ]
+    lines += table(["model", "decoding", "NFE per token ↓", "tokens / s ↑", "vs AR base"], speed_rows(results),
+                   "llrrr")
+    lines += [
+        "",
+        "Both conditions pooled (the generation cells above). NFE: denoiser (or decoder) forward passes per "
+        "generated token. Each model was timed in its own measurement job on one CPU thread, with the pipeline's "
+        "other jobs running beside it on the other cores, so the ratios are rough; the AR base samples with "
+        "transformers' cached `generate`. `no cache`: a full-sequence model recomputes the whole window each step "
+        "(the original recipe's decoding).",
         "",
     ]
     for cond, title in CONDITIONS.items():
@@ -235,21 +295,20 @@ def plot_generation(results: dict[str, Any], path: Path) -> None:
     conditions = ("unconditional", "prefix")
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.2), dpi=DPI, sharey=True)
     ar = next(m for m in results["models"] if m["kind"] == "autoregressive")
+    labels = step_labels(results["models"])
     for axes, condition in zip(panels, conditions):
-        labels: list[str] = []
         for model in results["models"]:
             if model["kind"] != "diffusion":
                 continue
             cells = model["generation"][condition]
-            labels = list(cells)
-            axes.plot(range(len(labels)), [cells[t]["gen_ppl"] for t in labels], marker="o", linewidth=1.2,
-                      label=model["label"])
+            at = [i for i, t in enumerate(labels) if t in cells]
+            axes.plot(at, [cells[labels[i]]["gen_ppl"] for i in at], marker="o", linewidth=1.2, label=model["label"])
         axes.axhline(ar["generation"][condition]["ar"]["gen_ppl"], color="black", linestyle="--", linewidth=1,
                      label="AR base samples")
         axes.axhline(results["reference"][condition]["gen_ppl"], color="gray", linestyle=":", linewidth=1,
                      label="held-out text")
-        axes.set_xticks(range(len(labels)), [f"T = {t}" for t in labels])
-        axes.set(title=f"{condition} generation", xlabel="reverse diffusion steps T",
+        axes.set_xticks(range(len(labels)), [cell_name(t) for t in labels])
+        axes.set(title=f"{condition} generation", xlabel="reverse diffusion steps T, or the threshold rule",
                  ylabel="generative perplexity under the AR base", yscale="log")
         axes.yaxis.set_major_formatter(PLAIN_NUMBERS)
         axes.yaxis.set_minor_formatter(PLAIN_NUMBERS)

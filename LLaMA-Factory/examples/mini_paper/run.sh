@@ -6,6 +6,7 @@
 #   text -> documents split train / held-out -> BPE tokenizer -> random GPT-2 -> pt, N steps (the AR base)
 #   ddm from the AR base, M steps each: shift + annealing (the paper's recipe) | no annealing | no shift
 #   ddm from the random GPT-2: M steps | N + M steps (the total compute of the adapted model)
+#   block diffusion from the AR base, M steps each, the recipe's shift and annealing: B = 4 | B = 16
 #   -> held-out NLL bound, infilling, generation quality -> results.md / results.json / plots / pipeline.log
 #
 #   cd LLaMA-Factory && MINI_TEXT=/path/to/text.txt bash examples/mini_paper/run.sh   # local text, offline
@@ -84,11 +85,12 @@ job() {  # job NAME "PREREQUISITES" COMMAND...
   COMMANDS[$name]=$(printf '%q ' "$@")
 }
 
-diffusion_run() {  # diffusion_run NAME INIT(pt|init) SHIFT ANNEAL_STEPS STEPS: one ddm run and its evaluation
+diffusion_run() {  # diffusion_run NAME INIT(pt|init) SHIFT ANNEAL_STEPS STEPS [key=value ...]: one ddm run and its evaluation
   local name=$1 init=$2 shift_=$3 anneal=$4 steps=$5 needs=""
+  shift 5
   [[ $init == pt ]] && needs=pt
   job "$name" "$needs" train ddm "$name" model_name_or_path="$WORK/$init" shift="$shift_" anneal_steps="$anneal" \
-    max_steps="$steps"
+    max_steps="$steps" "$@"
   job "eval-$name" "pt $name" measure "$name" --diffusion "$WORK/$name" --shift "$shift_" --init "$init" \
     --anneal-steps "$anneal"
 }
@@ -148,6 +150,8 @@ pipeline() {
   job pt "" train pt pt model_name_or_path="$WORK/init" max_steps="$AR_STEPS"
   diffusion_run ddm-scratch-long init true 1 "$SCRATCH_STEPS"
   diffusion_run ddm-adapted pt true "$ANNEAL_STEPS" "$DIFFUSION_STEPS"
+  diffusion_run ddm-block4 pt true "$ANNEAL_STEPS" "$DIFFUSION_STEPS" block_size=4
+  diffusion_run ddm-block16 pt true "$ANNEAL_STEPS" "$DIFFUSION_STEPS" block_size=16
   diffusion_run ddm-no-anneal pt true 1 "$DIFFUSION_STEPS"
   diffusion_run ddm-no-shift pt false "$ANNEAL_STEPS" "$DIFFUSION_STEPS"
   diffusion_run ddm-scratch init true 1 "$DIFFUSION_STEPS"
@@ -155,7 +159,7 @@ pipeline() {
   stage "training and evaluation (${JOBS} at a time)" run_queue
 
   local evals=()
-  for name in ar ddm-adapted ddm-no-anneal ddm-no-shift ddm-scratch ddm-scratch-long; do
+  for name in ar ddm-adapted ddm-no-anneal ddm-no-shift ddm-scratch ddm-scratch-long ddm-block4 ddm-block16; do
     evals+=("$WORK/eval/$name.json")
   done
   stage "report" python "$HERE/report.py" --eval "${evals[@]}" --source "$WORK/data/source.json" --seed "$SEED" \

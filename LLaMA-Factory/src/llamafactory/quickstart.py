@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .ddm import SamplingConfig, check_window, generation_length, load_diffusion_lm, sample, start_token_id
+from .ddm import (
+    SamplingConfig,
+    check_window,
+    generation_length,
+    load_diffusion_lm,
+    sample,
+    start_token_id,
+    with_start_token,
+)
 from .entry_points import (
     add_bool_flag,
     add_model_arguments,
@@ -120,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
     length = args.gen_len or generation_length(model.config)
     check_window(model.config, length, f"--gen_len {length}")
     start = start_token_id(tokenizer)
-    prefix = [start] + tokenizer.encode(args.prompt, add_special_tokens=False)
+    prefix = with_start_token(tokenizer, tokenizer.encode(args.prompt, add_special_tokens=False))
     if len(prefix) >= length:
         raise UserInputError(
             f"the prompt is {len(prefix)} tokens (with the start token) but the generation length is {length}; "

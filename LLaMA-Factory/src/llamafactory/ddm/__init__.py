@@ -18,6 +18,7 @@ from .checkpoints import (
     load_tokenizer,
     load_weights_into,
     position_limit,
+    record_adapter_block_size,
     record_generation_length,
     record_mask_id,
     recorded_mask_id,
@@ -60,6 +61,7 @@ from .tokens import (
     add_mask_token,
     resolve_special_tokens,
     start_token_id,
+    with_start_token,
 )
 
 __all__ = [
@@ -67,11 +69,11 @@ __all__ = [
     "annealed_attention_mask", "annealed_steps", "apply_adapters", "check_window", "checkpoint_special_tokens", "corrupt", "DEFAULT_MASK_TOKEN",
     "detect_layout", "diffusion_loss", "DiffusionLM", "DiffusionLoss", "ESTIMATORS", "first_predicted_token",
     "FramingTokens", "framing_tokens", "generate", "generate_continuations", "GenerateOutput", "generation_length",
-    "is_adapter_dir", "is_bidirectional", "KNOWN_MODELS",
+    "is_adapter_dir", "is_bidirectional", "record_adapter_block_size", "KNOWN_MODELS",
     "level_masks", "load_adapter", "load_causal_lm", "load_diffusion_lm", "load_tokenizer", "load_weights_into",
     "make_bidirectional", "maskable_positions", "masked_cross_entropy", "nll_per_token", "nll_totals",
     "noise_seed", "position_limit", "predicting_output", "record_generation_length", "record_mask_id",
     "recorded_mask_id", "resolve_rule", "resolve_special_tokens", "sample", "sample_noise_level",
     "SamplingConfig", "SamplingOutput", "Setting", "SETTINGS", "save_diffusion_checkpoint", "score_continuations", "sequence_nll",
-    "SpecialTokens", "start_token_id", "Step", "STRATEGIES", "tokenizer_problem", "training_loss",
+    "SpecialTokens", "start_token_id", "Step", "STRATEGIES", "tokenizer_problem", "training_loss", "with_start_token",
 ]

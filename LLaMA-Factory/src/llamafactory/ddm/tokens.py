@@ -7,6 +7,7 @@ mask token must fail loudly: silently masking with id 0 trains and samples garba
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,11 @@ class SpecialTokens:
     sep_id: int | None = None
     bos_id: int | None = None
     eos_id: int | None = None
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        """Ids that end a free-length answer: EOS, and PAD, which ddm-sft trains as the filler after an answer."""
+        return frozenset(i for i in (self.eos_id, self.pad_id) if i is not None)
 
 
 @dataclass(frozen=True)
@@ -170,3 +176,10 @@ def start_token_id(tokenizer: Any) -> int:
         if token_id is not None:
             return int(token_id)
     raise UserInputError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")
+
+
+def with_start_token(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """A generation prompt's ids: ``ids`` led by the start token (added unless it is already first)."""
+    start = start_token_id(tokenizer)
+    ids = list(ids)
+    return ids if ids and ids[0] == start else [start, *ids]

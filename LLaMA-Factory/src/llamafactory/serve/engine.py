@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..ddm import DiffusionLM, position_limit, start_token_id
+from ..ddm import DiffusionLM, position_limit, start_token_id, with_start_token
 from ..ddm.generate import sampler_config
 from ..ddm.hf import DiffusionGenerationConfig
 from ..ddm.settings import SamplingConfig
@@ -73,8 +73,8 @@ class Engine:
     def __init__(self, model: DiffusionLM, tokenizer: Any, name: str, defaults: DiffusionGenerationConfig) -> None:
         self.model, self.tokenizer, self.name, self.defaults = model, tokenizer, name, defaults
         self.limit = position_limit(model.config)
-        self.start_id = start_token_id(tokenizer)
-        self.eos_id = model.tokens.eos_id
+        start_token_id(tokenizer)  # a tokenizer with neither BOS nor EOS is refused at load, not per request
+        self.end_ids = model.tokens.end_ids
 
     @classmethod
     def load(cls, model: DiffusionLM, tokenizer: Any, checkpoint: str, name: str | None = None,
@@ -113,9 +113,7 @@ class Engine:
         ids = list(prompt) if not isinstance(prompt, str) else self.tokenizer.encode(prompt, add_special_tokens=False)
         if not ids:
             raise UserInputError("the prompt is empty; give at least one token of text")
-        if ids[0] != self.start_id:
-            ids = [self.start_id, *ids]
-        return ids
+        return with_start_token(self.tokenizer, ids)
 
     def jobs(self, prompts: Sequence[str | Sequence[int]], *, suffix: str | None, n: int, seed: int | None,
              stops: list[str], max_tokens: int | None, fields: dict[str, Any], trace: bool = False) -> list[list[Job]]:
@@ -153,16 +151,18 @@ class Engine:
         return [None if token == self.model.mask_id else self.decode([token]) for token in ids]
 
     def read(self, job: Job, generated: Sequence[int], done: bool) -> Update:
-        """What a row's generated columns say: the text of its fixed prefix (up to the first mask, EOS or stop
-        string), finished when an EOS or stop string is fixed or every position is. While unfinished, text that
+        """What a row's generated columns say: the text of its fixed prefix (up to the first mask, end token or
+        stop string; end tokens are EOS and PAD), finished when an end token or stop string is fixed or every
+        position is. While unfinished, text that
         may still turn into a stop string or an incomplete character is held back."""
         mask_id = self.model.mask_id
         prefix = list(generated)
         if mask_id in prefix:
             prefix, done = prefix[: prefix.index(mask_id)], False
         reason = "length" if done else None
-        if self.eos_id is not None and self.eos_id in prefix:
-            prefix, reason = prefix[: prefix.index(self.eos_id)], "stop"
+        end = next((at for at, token in enumerate(prefix) if token in self.end_ids), None)
+        if end is not None:
+            prefix, reason = prefix[:end], "stop"
         text = self.decode(prefix)
         cut = min((at for at in (text.find(stop) for stop in job.stops) if at >= 0), default=-1)
         if cut >= 0:

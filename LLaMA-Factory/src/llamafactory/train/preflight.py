@@ -18,8 +18,9 @@ from ..data import get_template, has_tokenized_data
 from ..data.registry import check_datasets
 from ..ddm import annealed_steps, check_window, detect_layout, is_adapter_dir
 from ..ddm.attention import check_block_kernel, check_block_size
-from ..ddm.checkpoints import recorded_block_size
+from ..ddm.checkpoints import recorded_adapter_block_size, recorded_block_size
 from ..ddm.checkpoints.loading import checked_weight_files
+from ..ddm.checkpoints.metadata import ADAPTER_METADATA
 from ..errors import UserInputError
 from ..hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from ..utils.files import check_writable_folder
@@ -99,19 +100,27 @@ def check_block_diffusion(base: Path, model_args: ModelArguments, training_args:
                                  f"not stage {finetuning_args.stage}: remove it")
         return
     source = base  # the weights trained: checkpoint_dir's, unless it is an adapter over the base model
-    if model_args.checkpoint_dir and not is_adapter_dir(checkpoint := resolve_checkpoint_dir(model_args.checkpoint_dir)):
-        source = checkpoint
+    adapters = [resolve_checkpoint_dir(name) for name in model_args.adapters]
+    if model_args.checkpoint_dir:
+        checkpoint = resolve_checkpoint_dir(model_args.checkpoint_dir)
+        if is_adapter_dir(checkpoint):
+            adapters.insert(0, checkpoint)
+        else:
+            source = checkpoint
     config = None
     if (source / "config.json").is_file():
         config = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     if block_size is not None:
         check_block_kernel(model_args.attn_implementation, config.model_type if config else "this model")
-    recorded = recorded_block_size(config) if config is not None else None
+    recorded, where = (recorded_block_size(config) if config is not None else None), "its config.json"
+    for adapter in adapters:  # applied in order: the last adapter that records a block size decides
+        if (adapter_block := recorded_adapter_block_size(adapter)) is not None:
+            recorded, source, where = adapter_block, adapter, f"its {ADAPTER_METADATA}"
     if finetuning_args.allow_block_size_change or recorded == block_size:
         return
     if recorded is not None:
         raise UserInputError(
-            f"{source} is a block-diffusion model (its config.json records block_size {recorded}) but the run "
+            f"{source} is a block-diffusion model ({where} records block_size {recorded}) but the run "
             f"sets block_size {block_size}: set block_size: {recorded}, or allow_block_size_change: true to "
             "train it with another block size"
         )

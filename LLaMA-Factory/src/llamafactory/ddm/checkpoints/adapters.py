@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from ...errors import UserInputError
 from ...utils.hub import resolve_checkpoint_dir
 from .layouts import BODY_PREFIX, EMBED_PREFIX, embedding_path
+from .metadata import record_block_size, recorded_adapter_block_size
 
 PEFT_PREFIX = "base_model.model."
 _LORA_PART = re.compile(r"\.lora_[A-Za-z_]+(\.[A-Za-z_]+)?$")
@@ -90,13 +91,17 @@ def _renamed_config(config, model: PreTrainedModel):
 
 
 def load_adapter(model: PreTrainedModel, adapter: str | Path, *, is_trainable: bool = False):
-    """``model`` wrapped with one PEFT adapter (either layout), trainable or for inference."""
+    """``model`` wrapped with one PEFT adapter (either layout), trainable or for inference; an adapter trained
+    with a block size records it on ``model.config``."""
     from peft import PeftConfig, PeftModel
 
     directory = resolve_checkpoint_dir(adapter)
     if not is_adapter_dir(directory):
         raise UserInputError(f"{directory} is not a PEFT adapter (no adapter_config.json)")
     config = PeftConfig.from_pretrained(str(directory))
+    block_size = recorded_adapter_block_size(directory)
+    if block_size is not None:
+        record_block_size(model.config, block_size)
     mapping = None
     if config.peft_type == "LORA":
         mapping = adapter_key_mapping(model, adapter_keys(directory), directory)

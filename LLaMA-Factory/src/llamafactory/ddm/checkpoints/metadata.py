@@ -6,18 +6,26 @@
   without tokenizer files still names its mask token; the released checkpoints do not have it.
 * The block size of block diffusion (``block_size``; absent or null = full-sequence diffusion), so every
   loader builds the model with its block-causal attention (docs/design.md#block-diffusion).
+  A LoRA adapter has no ``config.json`` of its own: its block size is kept beside it, in
+  ``diffusion_config.json``, and applying the adapter records it on the model's config.
 * ``check_window``: a sequence longer than the position table fails before any work, not at step N.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from transformers import PretrainedConfig
 
 from ...errors import UserInputError
+from ...utils.files import atomic_write_text
 from ..attention import check_block_size
 
 MASK_ID_KEY = "mask_token_id"
 BLOCK_SIZE_KEY = "block_size"
+ADAPTER_METADATA = "diffusion_config.json"
 
 
 def generation_length(config: PretrainedConfig, default: int = 512) -> int:
@@ -73,3 +81,22 @@ def record_block_size(config: PretrainedConfig, block_size: int | None) -> None:
 def recorded_block_size(config: PretrainedConfig) -> int | None:
     """The block size a checkpoint's config records, or None (full-sequence diffusion)."""
     return check_block_size(getattr(config, BLOCK_SIZE_KEY, None))
+
+
+def record_adapter_block_size(directory: str | os.PathLike, block_size: int | None) -> None:
+    """Keep the block size of an adapter trained with one in its folder (an adapter has no config.json)."""
+    if block_size is not None:
+        text = json.dumps({BLOCK_SIZE_KEY: check_block_size(block_size)}, indent=2) + "\n"
+        atomic_write_text(Path(directory) / ADAPTER_METADATA, text)
+
+
+def recorded_adapter_block_size(directory: str | os.PathLike) -> int | None:
+    """The block size an adapter folder records, or None (trained without one)."""
+    path = Path(directory) / ADAPTER_METADATA
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(BLOCK_SIZE_KEY)
+    except (ValueError, AttributeError):
+        raise UserInputError(f"{path} is not a JSON object with a {BLOCK_SIZE_KEY!r} key") from None
+    return check_block_size(value)

@@ -6,7 +6,8 @@
 * The noise of every micro-batch comes from a generator seeded by (seed, optimiser step, micro-batch,
   process), so a run resumed from a checkpoint draws exactly the noise the uninterrupted run would have.
 * Logs add ``unweighted_loss`` (masked CE without the 1/t weights) and ``anneal_ratio``.
-* checkpoints appear only when complete (``train/checkpoints.py``).
+* checkpoints appear only when complete (``train/checkpoints.py``); a LoRA adapter trained with
+  ``block_size`` keeps it in its folder (``diffusion_config.json``), as a full model's config.json does.
 * ``evaluate`` reports the deterministic ELBO estimate of ``llamafactory.ddm.sequence_nll`` over
   ``diffusion_steps`` levels (the block bound under ``block_size``): ``eval_loss`` (nats per scored token) and ``eval_perplexity``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +29,11 @@ from ...ddm import (
     DiffusionLM,
     SpecialTokens,
     anneal_ratio,
+    is_adapter_dir,
     nll_per_token,
     nll_totals,
     noise_seed,
+    record_adapter_block_size,
     sequence_nll,
     training_loss,
 )
@@ -92,6 +96,12 @@ class DiffusionTrainer(AtomicCheckpoints, Seq2SeqTrainer):
         if self.finetuning_args.block_size is None or padding is None or bool(padding.all()):
             return None
         return padding
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        directory = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if is_adapter_dir(directory):
+            record_adapter_block_size(directory, self.finetuning_args.block_size)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._unweighted_sum is not None:
