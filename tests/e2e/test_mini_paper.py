@@ -159,6 +159,14 @@ def test_a_sampled_row_does_not_depend_on_the_other_rows(tokenizer):
     assert model.mask_id not in {token for row in both for token in row}
 
 
+def test_a_sample_with_control_characters_reads_back_as_it_was_rendered(tmp_path):
+    printable = script("report").printable
+    shown = printable("thou\r art\x0b\n\tmine\u200b")
+    assert shown == "thou\\r art\\x0b\n\tmine\\u200b"
+    (tmp_path / "sample.md").write_text(shown, encoding="utf-8")
+    assert (tmp_path / "sample.md").read_text(encoding="utf-8") == shown
+
+
 @pytest.mark.skipif(not (COMMITTED / "results.json").is_file(), reason="no committed mini-paper run")
 def test_the_committed_table_is_rendered_from_the_committed_results():
     report = script("report")

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,12 @@ logger = logging.getLogger(__name__)
 
 CONDITIONS = {"unconditional": "unconditional (from the record separator)", "prefix": "continuing a held-out prefix"}
 SAMPLE_CHARS = 400
+
+
+def printable(text: str) -> str:
+    """A sample as it can sit in a markdown code block and read back the same: control characters other than
+    newline and tab (a ``\\r`` from a tiny model's bytes, say) are written as escapes."""
+    return "".join(c if c in "\n\t" or not unicodedata.category(c).startswith("C") else ascii(c)[1:-1] for c in text)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -243,9 +250,9 @@ def render(results: dict[str, Any]) -> str:
     for cond, title in CONDITIONS.items():
         lines += [f"## Samples, {title} (the first sequence, T = n; the first {SAMPLE_CHARS} characters)", ""]
         if cond == "prefix":
-            lines += ["Given:", "", "```text", models[0]["samples"][cond]["prompt"], "```", ""]
+            lines += ["Given:", "", "```text", printable(models[0]["samples"][cond]["prompt"]), "```", ""]
         for m in models:
-            lines += [f"{m['label']}:", "", "```text", m["samples"][cond]["text"][:SAMPLE_CHARS], "```", ""]
+            lines += [f"{m['label']}:", "", "```text", printable(m["samples"][cond]["text"][:SAMPLE_CHARS]), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
