@@ -168,7 +168,7 @@ def print_mini_paper(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 16, 32], help="block sizes B of (a)")
     parser.add_argument("--context", type=int, default=512, help="context of (a), in tokens")
     parser.add_argument("--batch", type=int, default=1, help="rows of (a)")

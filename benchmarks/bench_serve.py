@@ -79,8 +79,8 @@ def serial_in_process(engine, bodies: list[dict]) -> tuple[list[str], float, int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=64)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=64, help="requests in the mix, answered at every concurrency")
     args = parser.parse_args()
     from llamafactory.serve.launch import load_engine
 

@@ -178,6 +178,45 @@ def test_the_committed_table_is_rendered_from_the_committed_results():
     assert results["meta"]["text"]["description"] in log and "pipeline finished in" in log
 
 
+README_ROWS = {  # the root README's mini-paper rows -> results.json model names
+    "adapted (shift + annealing), 600 diffusion steps": "ddm-adapted",
+    "adapted without annealing": "ddm-no-anneal",
+    "adapted without shift": "ddm-no-shift",
+    "from scratch, 600 steps": "ddm-scratch",
+    "from scratch, 1800 steps (equal total compute)": "ddm-scratch-long",
+    "block diffusion, B = 4 (adapted, 600 steps)": "ddm-block4",
+    "block diffusion, B = 16 (adapted, 600 steps)": "ddm-block16",
+    "AR base (exact NLL; prefix-only infilling)": "ar",
+}
+
+
+@pytest.mark.skipif(not (COMMITTED / "results.json").is_file(), reason="no committed mini-paper run")
+def test_the_readme_mini_paper_table_is_the_committed_results():
+    results = json.loads((COMMITTED / "results.json").read_text(encoding="utf-8"))
+    models = {model["name"]: model for model in results["models"]}
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("| model | PPL bound ↓ | infilling acc. ↑ (%) |")
+    table = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        table[cells[0]] = cells[1:]
+    assert set(table) == set(README_ROWS)
+    for label, name in README_ROWS.items():
+        model = models[name]
+        generation = model["generation"]["unconditional"]
+        infill = model["infilling"]
+        expected = [
+            f"{model['likelihood']['perplexity']:.1f}",
+            "n/a" if infill is None else f"{infill['token_accuracy']:.1f}",
+            f"{(generation['ar'] if name == 'ar' else generation['n'])['gen_ppl']:.1f}",
+            "—" if "threshold" not in generation else
+            f"{generation['threshold']['gen_ppl']:.1f} / {generation['threshold']['entropy']:.2f}",
+        ]
+        assert table[label] == expected, label
+
+
 @pytest.mark.slow
 def test_a_shortened_run_goes_through_every_stage_and_writes_every_output(tmp_path):
     work = tmp_path / "work"
