@@ -24,7 +24,7 @@ from ..ddm.hf import DiffusionGenerationConfig
 from ..ddm.settings import SamplingConfig
 from ..errors import UserInputError
 
-PROMPT_BUCKET = 32
+PROMPT_BUCKET = 16
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default, when the checkpoint records none
 
 
