@@ -16,6 +16,7 @@ import pytest
 from dlm_eval import DiffusionEngine
 from llamafactory.ddm import DiffusionLM, resolve_special_tokens
 from tests.e2e.conftest import FACTORY, REPO, example_module, pipeline_module
+from tests.e2e.test_committed_results import readme_table
 from tests.tiny import corpus
 from tests.tolerance import close
 
@@ -194,14 +195,7 @@ README_ROWS = {  # the root README's mini-paper rows -> results.json model names
 def test_the_readme_mini_paper_table_is_the_committed_results():
     results = json.loads((COMMITTED / "results.json").read_text(encoding="utf-8"))
     models = {model["name"]: model for model in results["models"]}
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("| model | PPL bound ↓ | infilling acc. ↑ (%) |")
-    table = {}
-    for line in text[start:].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
-        table[cells[0]] = cells[1:]
+    table = readme_table("| model | PPL bound ↓ | infilling acc. ↑ (%) |")
     assert set(table) == set(README_ROWS)
     for label, name in README_ROWS.items():
         model = models[name]
