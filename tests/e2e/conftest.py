@@ -65,3 +65,17 @@ def pipeline_tokenizer(tiny_data, tmp_path_factory):
     tokenizer = trainer.train_tokenizer(trainer.corpus_lines(tiny_data / "tiny_corpus.jsonl"), 512, 128)
     tokenizer.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def readme_table(header: str) -> dict[str, list[str]]:
+    """The README table that starts with ``header``: row label -> its other cells, as written (bold marks
+    dropped)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index(header)
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, readme_table
 
 RESULTS = REPO / "example_output" / "results.json"
 README = REPO / "README.md"
@@ -24,23 +24,9 @@ ROWS = {
 pytestmark = pytest.mark.skipif(not RESULTS.is_file(), reason="no committed tiny-pipeline run")
 
 
-def readme_table(header: str = "| model | (a) infilling a middle span |") -> dict[str, list[str]]:
-    """The README table that starts with ``header``: row label -> its other cells, as written (bold marks
-    dropped)."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(header)
-    rows = {}
-    for line in text[start:].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def test_the_readme_table_is_the_committed_results():
     results = json.loads(RESULTS.read_text(encoding="utf-8"))
-    table = readme_table()
+    table = readme_table("| model | (a) infilling a middle span |")
     assert set(table) == set(ROWS)
     for label, key in ROWS.items():
         expected = [f"{results[key][task]:.1f}" if task in results[key] else "—" for task in TASKS]

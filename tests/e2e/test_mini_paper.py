@@ -15,8 +15,7 @@ import pytest
 
 from dlm_eval import DiffusionEngine
 from llamafactory.ddm import DiffusionLM, resolve_special_tokens
-from tests.e2e.conftest import FACTORY, REPO, example_module, pipeline_module
-from tests.e2e.test_committed_results import readme_table
+from tests.e2e.conftest import FACTORY, REPO, example_module, pipeline_module, readme_table
 from tests.tiny import corpus
 from tests.tolerance import close
 
